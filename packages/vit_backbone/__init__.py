@@ -1,0 +1,37 @@
+"""vit_backbone: the shared Vision Transformer of vitasks.
+
+No task code and no Accelerate here: a model, its layers, presets, weight import and the
+feature API (`forward_features`, `forward_intermediates`, `feature_specs`) every head builds on.
+"""
+
+from .attention import Attention, resolve_attention_kernel
+from .block import Block
+from .features import FeatureSpec, ViTFeatures
+from .hybrid import HybridEmbed
+from .patch_embed import PatchEmbed
+from .pos_embed import RESAMPLERS, resample_pos_embed, sincos_1d, sincos_2d
+from .presets import PRESETS, create_vit, preset_config, preset_names
+from .vit import VisionTransformer
+from .weights import convert_state_dict, load_pretrained, load_state_dict_file
+
+__all__ = [
+    "Attention",
+    "Block",
+    "FeatureSpec",
+    "HybridEmbed",
+    "PRESETS",
+    "PatchEmbed",
+    "RESAMPLERS",
+    "ViTFeatures",
+    "VisionTransformer",
+    "convert_state_dict",
+    "create_vit",
+    "load_pretrained",
+    "load_state_dict_file",
+    "preset_config",
+    "preset_names",
+    "resample_pos_embed",
+    "resolve_attention_kernel",
+    "sincos_1d",
+    "sincos_2d",
+]
