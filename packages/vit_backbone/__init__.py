@@ -12,13 +12,14 @@ from .patch_embed import PatchEmbed
 from .pos_embed import RESAMPLERS, resample_pos_embed, sincos_1d, sincos_2d
 from .presets import PRESETS, create_vit, preset_config, preset_names
 from .vit import VisionTransformer
-from .weights import convert_state_dict, load_pretrained, load_state_dict_file
+from .weights import LoadReport, convert_state_dict, detect_layout, load_pretrained, load_state_dict_file
 
 __all__ = [
     "Attention",
     "Block",
     "FeatureSpec",
     "HybridEmbed",
+    "LoadReport",
     "PRESETS",
     "PatchEmbed",
     "RESAMPLERS",
@@ -26,6 +27,7 @@ __all__ = [
     "VisionTransformer",
     "convert_state_dict",
     "create_vit",
+    "detect_layout",
     "load_pretrained",
     "load_state_dict_file",
     "preset_config",
