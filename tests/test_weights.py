@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import _load_weights as timm_load_jax_weights
 from torch import nn
+
 from vit_backbone import (
     VisionTransformer,
     convert_state_dict,
