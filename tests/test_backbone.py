@@ -6,6 +6,7 @@ import pytest
 import timm
 import torch
 
+import vit_backbone.attention as attention_module
 from vit_backbone import (
     Attention,
     FeatureSpec,
@@ -169,12 +170,15 @@ def test_attention_kernels_agree_with_and_without_a_mask(qk_norm: bool) -> None:
     torch.testing.assert_close(outputs["sdpa"][1], outputs["manual"][1], atol=1e-5, rtol=1e-5)
 
 
-def test_auto_kernel_choice() -> None:
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_kernel_choice(native_bf16: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attention_module, "cpu_has_native_bf16", lambda: native_bf16)
     short = torch.randn(1, 65, 8)
+    bf16_kernel = "manual" if native_bf16 else "sdpa"
     assert resolve_attention_kernel("auto", short) == "sdpa"  # fp32
-    assert resolve_attention_kernel("auto", short.bfloat16()) == "manual"
+    assert resolve_attention_kernel("auto", short.bfloat16()) == bf16_kernel
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert resolve_attention_kernel("auto", short) == "manual"
+        assert resolve_attention_kernel("auto", short) == bf16_kernel
         assert resolve_attention_kernel("auto", torch.randn(1, 1025, 8)) == "sdpa"
     assert resolve_attention_kernel("sdpa", short.bfloat16()) == "sdpa"
     with pytest.raises(ValueError, match="flash"):

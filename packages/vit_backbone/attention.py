@@ -4,14 +4,18 @@ Two kernels compute the same function:
 
 * ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient
   kernels on GPUs; the faster choice in fp32 and at long sequences on CPUs);
-* ``"manual"``: ``softmax(q k^T * scale) v`` written out. On CPUs with AVX-512 BF16, the
-  bf16 backward of SDPA is slow, and this kernel trains short-sequence ViTs 1.3-1.9x faster.
+* ``"manual"``: ``softmax(q k^T * scale) v`` written out. On CPUs with native bf16
+  (AVX-512 BF16 / AMX), the bf16 backward of SDPA is slow, and this kernel trains
+  short-sequence ViTs 1.3-1.9x faster.
 
-``"auto"`` picks per call from the device, the compute dtype and the sequence length.
+``"auto"`` picks per call from the device, the compute dtype, the sequence length and whether
+the CPU computes bf16 natively. Without native bf16 (e.g. AVX2-only CPUs) bf16 matmuls are
+emulated, 10-20x slower than fp32 for both kernels, and SDPA is the faster of the two.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal
 
 import torch
@@ -25,6 +29,15 @@ ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "manual")
 _MANUAL_MAX_TOKENS_CPU_BF16 = 512
 
 
+@cache
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 matmuls in hardware on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
 def _computes_in_bf16_on_cpu(x: torch.Tensor) -> bool:
     if x.device.type != "cpu":
         return False
@@ -36,11 +49,12 @@ def _computes_in_bf16_on_cpu(x: torch.Tensor) -> bool:
 def resolve_attention_kernel(kernel: str, x: torch.Tensor) -> str:
     """Return ``"sdpa"`` or ``"manual"`` for input tokens ``x`` of shape (B, N, C).
 
-    ``"auto"`` chooses the plain kernel for bf16 on a CPU with at most 512 tokens and SDPA
-    everywhere else (GPUs, fp32, long sequences).
+    ``"auto"`` chooses the plain kernel for bf16 on a CPU with native bf16 and at most 512
+    tokens, and SDPA everywhere else (GPUs, fp32, long sequences, emulated bf16).
     """
     if kernel == "auto":
-        if _computes_in_bf16_on_cpu(x) and x.shape[1] <= _MANUAL_MAX_TOKENS_CPU_BF16:
+        short = x.shape[1] <= _MANUAL_MAX_TOKENS_CPU_BF16
+        if short and _computes_in_bf16_on_cpu(x) and cpu_has_native_bf16():
             return "manual"
         return "sdpa"
     if kernel not in ("sdpa", "manual"):
