@@ -1,0 +1,58 @@
+"""vit_classification: image classification on the shared ViT backbone.
+
+Data side: `datasets` reads IDX (MNIST / Fashion-MNIST), ImageFolder and CIFAR-10/100 into uint8
+(H, W, C) images; `transforms` turns them into normalised tensors (albumentations) and mixes
+batches (timm's Mixup/CutMix with label smoothing).
+"""
+
+from .datasets import (
+    CIFAR10_CLASSES,
+    DEBIAN_FASHION_MNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    IMAGE_EXTENSIONS,
+    MNIST_CLASSES,
+    Cifar10Dataset,
+    Cifar100Dataset,
+    IdxDataset,
+    ImageFolderDataset,
+    default_cache_dir,
+    find_fashion_mnist,
+    find_mnist,
+    load_image,
+    read_cifar_pickle,
+    read_idx,
+    to_channels,
+    write_idx,
+)
+from .transforms import (
+    ImageTransform,
+    build_eval_transform,
+    build_mixup,
+    build_train_transform,
+    eval_resize_size,
+)
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "DEBIAN_FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "MNIST_CLASSES",
+    "Cifar10Dataset",
+    "Cifar100Dataset",
+    "IdxDataset",
+    "ImageFolderDataset",
+    "ImageTransform",
+    "build_eval_transform",
+    "build_mixup",
+    "build_train_transform",
+    "default_cache_dir",
+    "eval_resize_size",
+    "find_fashion_mnist",
+    "find_mnist",
+    "load_image",
+    "read_cifar_pickle",
+    "read_idx",
+    "to_channels",
+    "write_idx",
+]

@@ -1,0 +1,258 @@
+"""Classification augmentation: albumentations pipelines per sample, timm's Mixup/CutMix per batch.
+
+Per sample (`build_train_transform`, `build_eval_transform`): a uint8 (H, W, C) numpy image, as
+every dataset of `vit_classification.datasets` returns, becomes a float32 (C, size_h, size_w)
+tensor normalised with the given mean/std. The train pipeline follows timm's ImageNet recipe
+(random resized crop, flip, a light RandAugment-like photometric set); the eval pipeline is
+timm's "resize the shorter side to size / crop_pct, then center crop".
+
+Per batch (`build_mixup`): timm's `Mixup`, which also turns integer labels into soft targets
+with label smoothing.
+
+albumentations asks PyPI for updates on import unless ``NO_ALBUMENTATIONS_UPDATE=1`` is set;
+this module sets it (when unset) before importing albumentations: a library import should not
+reach the network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
+from timm.data import Mixup  # noqa: E402
+
+__all__ = [
+    "ImageTransform",
+    "build_eval_transform",
+    "build_mixup",
+    "build_train_transform",
+    "eval_resize_size",
+]
+
+Channels = Literal[1, 3]
+Interpolation = Literal["bilinear", "bicubic"]
+
+
+class ImageTransform:
+    """A per-sample albumentations pipeline as a plain callable: uint8 (H, W, C) -> float32 (C, h, w).
+
+    Datasets call ``transform(image)``; the albumentations object stays reachable as `pipeline`
+    (to print, serialise or reseed it).
+    """
+
+    def __init__(self, pipeline: A.Compose, channels: Channels) -> None:
+        self.pipeline = pipeline
+        self.channels = channels
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """
+        Args:
+            image: uint8 numpy (H, W, C) with C == `channels`.
+
+        Returns:
+            float32 tensor (C, h, w), normalised.
+        """
+        if image.ndim != 3 or image.shape[2] != self.channels or image.dtype != np.uint8:
+            raise ValueError(
+                f"transform expects a uint8 (H, W, {self.channels}) image, got {image.shape} {image.dtype}"
+            )
+        return self.pipeline(image=image)["image"]
+
+    def set_seed(self, seed: int | None) -> None:
+        """Reseed the random choices. albumentations 2 draws from its own generators, not torch's:
+        with DataLoader workers call this in ``worker_init_fn`` with a per-worker seed, otherwise
+        workers that inherit one seeded pipeline repeat each other's augmentations."""
+        self.pipeline.set_random_seed(seed)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(channels={self.channels}, pipeline={self.pipeline!r})"
+
+
+def _size_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(input_size, int):
+        return input_size, input_size
+    if len(input_size) != 2:
+        raise ValueError(f"input_size must be an int or (height, width), got {input_size!r}")
+    return int(input_size[0]), int(input_size[1])
+
+
+def _cv2_interpolation(interpolation: Interpolation) -> int:
+    if interpolation == "bilinear":
+        return cv2.INTER_LINEAR
+    if interpolation == "bicubic":
+        return cv2.INTER_CUBIC
+    raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+
+
+def _normalize(channels: Channels, mean: Sequence[float], std: Sequence[float]) -> A.Normalize:
+    """Normalize on 0..255 input: (x / 255 - mean) / std per channel."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) != channels:
+            raise ValueError(f"{name} has {len(values)} values {values} but channels={channels}")
+    if min(std) <= 0:
+        raise ValueError(f"std must be positive, got {std}")
+    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+
+
+def _photometric_ops(magnitude: float) -> list[A.BasicTransform]:
+    """A light RandAugment-like photometric set for RGB images; `magnitude` in (0, 1] scales them.
+
+    Each op applies with probability 0.5 once chosen, like RandAugment's ops in timm.
+    """
+    return [
+        A.RandomBrightnessContrast(brightness_limit=magnitude, contrast_limit=magnitude, p=0.5),
+        A.ColorJitter(brightness=0.0, contrast=0.0, saturation=magnitude, hue=min(0.5, magnitude / 4), p=0.5),
+        A.RandomGamma(gamma_limit=(100 * (1 - magnitude), 100 * (1 + magnitude)), p=0.5),
+        A.Equalize(p=0.5),
+        A.Posterize(num_bits=(4, 7), p=0.5),
+    ]
+
+
+def build_train_transform(
+    input_size: int | Sequence[int],
+    channels: Channels,
+    mean: Sequence[float],
+    std: Sequence[float],
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    color_ops: int = 2,
+    color_magnitude: float = 0.3,
+    interpolation: Interpolation = "bicubic",
+    seed: int | None = None,
+) -> ImageTransform:
+    """The training pipeline: RandomResizedCrop, HorizontalFlip, photometric ops, Normalize, to tensor.
+
+    Args:
+        input_size: output side, or (height, width).
+        channels: 1 or 3, as the dataset delivers them and the model takes them.
+        mean, std: per-channel statistics of 0..1 pixels, `channels` values each.
+        scale: area fraction range of the random crop; (0.08, 1) is the ImageNet recipe, small
+            images such as 28x28 Fashion-MNIST want a gentler (0.35, 1) or so.
+        ratio: aspect-ratio range of the random crop.
+        hflip: flip probability; 0 for digits and text, whose mirror image is another symbol.
+        color_ops: photometric ops drawn per image from brightness/contrast, saturation/hue,
+            gamma, equalize, posterize (0 = none). Only for channels == 3: these are colour
+            augmentations, so a 1-channel pipeline gets none whatever this says.
+        color_magnitude: strength of those ops, in (0, 1].
+        interpolation: for the crop's resize.
+        seed: seeds albumentations' own generators (None: fresh entropy); see `ImageTransform.set_seed`.
+
+    Returns:
+        uint8 (H, W, channels) -> float32 (channels, size_h, size_w).
+    """
+    height, width = _size_hw(input_size)
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+    if not 0 <= hflip <= 1:
+        raise ValueError(f"hflip is a probability, got {hflip}")
+    if color_ops < 0 or (color_ops > 0 and not 0 < color_magnitude <= 1):
+        raise ValueError(
+            f"need color_ops >= 0 and 0 < color_magnitude <= 1, got {color_ops}, {color_magnitude}"
+        )
+    steps: list[A.BasicTransform | A.BaseCompose] = [
+        A.RandomResizedCrop(
+            size=(height, width), scale=scale, ratio=ratio, interpolation=_cv2_interpolation(interpolation)
+        ),
+    ]
+    if hflip > 0:
+        steps.append(A.HorizontalFlip(p=hflip))
+    if channels == 3 and color_ops > 0:
+        ops = _photometric_ops(color_magnitude)
+        steps.append(A.SomeOf(ops, n=min(color_ops, len(ops)), replace=False, p=1.0))
+    steps += [_normalize(channels, mean, std), ToTensorV2()]
+    return ImageTransform(A.Compose(steps, seed=seed), channels)
+
+
+def eval_resize_size(input_size: int | Sequence[int], crop_pct: float) -> tuple[int, int]:
+    """timm's eval resize: floor(size / crop_pct) per side (224 at crop_pct 0.875 -> 256)."""
+    if not 0 < crop_pct <= 1:
+        raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    height, width = _size_hw(input_size)
+    return math.floor(height / crop_pct), math.floor(width / crop_pct)
+
+
+def build_eval_transform(
+    input_size: int | Sequence[int],
+    channels: Channels,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_pct: float = 0.875,
+    interpolation: Interpolation = "bicubic",
+) -> ImageTransform:
+    """The deterministic eval pipeline (timm's): resize, center crop, Normalize, to tensor.
+
+    A square `input_size` resizes the shorter side to floor(size / crop_pct), keeping the aspect
+    ratio; a (height, width) one resizes both sides to floor(side / crop_pct), as timm does.
+    crop_pct = 1 resizes straight to the input size's shorter side (no border dropped).
+
+    Returns:
+        uint8 (H, W, channels) -> float32 (channels, size_h, size_w).
+    """
+    height, width = _size_hw(input_size)
+    resize_h, resize_w = eval_resize_size((height, width), crop_pct)
+    flag = _cv2_interpolation(interpolation)
+    if height == width:
+        resize: A.BasicTransform = A.SmallestMaxSize(max_size=resize_h, interpolation=flag)
+    else:
+        resize = A.Resize(height=resize_h, width=resize_w, interpolation=flag)
+    steps = [resize, A.CenterCrop(height=height, width=width), _normalize(channels, mean, std), ToTensorV2()]
+    return ImageTransform(A.Compose(steps), channels)
+
+
+def build_mixup(
+    num_classes: int,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    label_smoothing: float = 0.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    mode: Literal["batch", "pair", "elem"] = "batch",
+) -> Mixup | None:
+    """timm's Mixup/CutMix with label smoothing, or None when both alphas are 0.
+
+    The returned object works on a whole batch, in place on the images:
+    ``images, soft_targets = mixup(images, labels)`` with images float (B, C, H, W), labels int64
+    (B,), B even (use ``drop_last=True`` on the train loader); soft_targets are float (B,
+    num_classes), each row summing to 1 and smoothed by `label_smoothing`. Train with
+    ``timm.loss.SoftTargetCrossEntropy`` on them.
+
+    With None (no mixing) label smoothing belongs in the loss instead:
+    ``torch.nn.CrossEntropyLoss(label_smoothing=...)`` on the integer labels.
+
+    Args:
+        num_classes: length of the soft target rows.
+        mixup_alpha: Beta(alpha, alpha) of mixup's lambda; 0 turns mixup off (0.8 in DeiT).
+        cutmix_alpha: Beta(alpha, alpha) of cutmix's box area; 0 turns cutmix off (1.0 in DeiT).
+        label_smoothing: mass spread over all classes, in [0, 1).
+        prob: probability that a batch is mixed at all.
+        switch_prob: with both on, the probability of cutmix instead of mixup for a batch.
+        mode: "batch" (one lambda per batch), "pair" or "elem" (per pair / element), timm's modes.
+    """
+    if mixup_alpha < 0 or cutmix_alpha < 0:
+        raise ValueError(f"mixup_alpha and cutmix_alpha must be >= 0, got {mixup_alpha}, {cutmix_alpha}")
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    if mixup_alpha == 0 and cutmix_alpha == 0:
+        return None
+    return Mixup(
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        prob=prob,
+        switch_prob=switch_prob,
+        mode=mode,
+        label_smoothing=label_smoothing,
+        num_classes=num_classes,
+    )
