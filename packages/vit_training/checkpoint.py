@@ -1,0 +1,126 @@
+"""Resumable checkpoints that a kill can never leave half-written.
+
+Layout under `output_dir/checkpoints/`:
+
+    step_00000040/          Accelerate's `save_state` (model, optimizer, schedule, EMA, RNG
+                            states of every process) + trainer_state.json + config.yaml
+    step_00000080/
+    latest                  a text file naming the newest complete checkpoint folder
+
+A checkpoint is written into `step_N.tmp/` and renamed to `step_N/` only when every process
+has finished writing; `latest` is then replaced atomically (`os.replace`). A kill at any
+moment leaves `latest` naming a complete checkpoint; stale `.tmp` folders are removed by the
+next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from .config import save_config
+
+LATEST_POINTER = "latest"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainerState:
+    """Where the loop stands, saved with every checkpoint.
+
+    Attributes:
+        epoch: the epoch in progress (0-based).
+        batches_done: batches of `epoch` already consumed by each process (0 at an epoch start).
+        global_step: optimizer steps taken so far.
+    """
+
+    epoch: int = 0
+    batches_done: int = 0
+    global_step: int = 0
+
+
+def checkpoints_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: TrainerState, config: Any,
+                    keep_last: int) -> Path:
+    """Save the full training state; every process must call this. Returns the checkpoint folder."""
+    folder = checkpoints_dir(output_dir)
+    final = folder / f"step_{state.global_step:08d}"
+    temporary = folder / f"{final.name}.tmp"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.tmp"):  # left by a run killed during a save
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    if final.exists():
+        # Never delete a complete checkpoint to rewrite it: `latest` may name it.
+        raise FileExistsError(f"checkpoint {final} already exists; the loop saves each optimizer step once")
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(temporary), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (temporary / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
+        save_config(config, temporary / "config.yaml")
+        os.replace(temporary, final)
+        _write_text_atomically(folder / LATEST_POINTER, final.name)
+        _remove_old(folder, keep_last)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _remove_old(folder: Path, keep_last: int) -> None:
+    complete = sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    for old in complete[:-keep_last]:
+        shutil.rmtree(old)
+
+
+def find_resume_checkpoint(output_dir: str | Path, resume: str | None) -> Path | None:
+    """The checkpoint folder to resume from, or None to start fresh.
+
+    `resume` is None (fresh start), ``"latest"`` (the newest complete checkpoint of
+    `output_dir`, or a fresh start when there is none yet) or a checkpoint folder.
+    """
+    if resume is None:
+        return None
+    if resume == "latest":
+        folder = _latest_complete(checkpoints_dir(output_dir))
+        if folder is None:
+            return None
+    else:
+        folder = Path(resume)
+    if not (folder / TRAINER_STATE).is_file():
+        raise FileNotFoundError(
+            f"train.resume={resume!r}: {folder} is not a complete checkpoint (no {TRAINER_STATE} inside)"
+        )
+    return folder
+
+
+def _latest_complete(folder: Path) -> Path | None:
+    """The folder `latest` names, else the newest complete `step_*` folder, else None."""
+    pointer = folder / LATEST_POINTER
+    if pointer.exists():
+        named = folder / pointer.read_text().strip()
+        if (named / TRAINER_STATE).is_file():
+            return named
+    complete = sorted(p for p in folder.glob("step_*") if (p / TRAINER_STATE).is_file())
+    return complete[-1] if complete else None
+
+
+def load_trainer_state(folder: Path) -> TrainerState:
+    return TrainerState(**json.loads((folder / TRAINER_STATE).read_text()))
