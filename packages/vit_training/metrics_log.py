@@ -1,7 +1,8 @@
 """Metrics to the console, a JSONL file, a CSV file and TensorBoard (when installed).
 
 Only the main process writes. Every record is one JSON line
-``{"split": "train" | "eval", "step": global_step, "epoch": e, <name>: value, ...}``;
+``{"split": "train" | "eval", "step": global_step, "epoch": e, "time_s": seconds since this
+logger started, <name>: value, ...}``;
 `metrics.csv` holds the same records in long format (split, step, epoch, name, value) so
 columns never change mid-file.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ class MetricsLogger:
         self.jsonl_path = self.output_dir / "metrics.jsonl"
         self.csv_path = self.output_dir / "metrics.csv"
         self._tensorboard = None
+        self._start = time.perf_counter()
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +56,9 @@ class MetricsLogger:
     def log(self, split: str, step: int, epoch: int, metrics: dict[str, float], echo: bool = True) -> None:
         if not self.enabled:
             return
-        record = {"split": split, "step": step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
+        elapsed = round(time.perf_counter() - self._start, 3)
+        record = {"split": split, "step": step, "epoch": epoch, "time_s": elapsed,
+                  **{k: float(v) for k, v in metrics.items()}}
         with open(self.jsonl_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         for name, value in metrics.items():

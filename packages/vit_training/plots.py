@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 
-SKIPPED = {"split", "step", "epoch"}
+SKIPPED = {"split", "step", "epoch", "time_s"}
 
 
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path | None:
