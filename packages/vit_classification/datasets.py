@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = [
+    "InMemoryImageDataset",
     "CIFAR10_CLASSES",
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
@@ -235,7 +236,33 @@ def _has_idx_splits(root: Path) -> bool:
     return all(_idx_split_files(root, split) is not None for split in ("train", "test"))
 
 
-class IdxDataset(Dataset):
+class InMemoryImageDataset(Dataset):
+    """A labelled image set held in memory as one uint8 array (IDX and CIFAR files).
+
+    Subclasses set `images` (N, H, W) or (N, H, W, 3) uint8, `targets` (N,) int64 and
+    `classes`; items are (transform(image) or the (H, W, channels) uint8 image, label).
+    """
+
+    images: np.ndarray
+    targets: np.ndarray
+    classes: list[str]
+
+    def __init__(self, channels: Channels, transform: Transform | None) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        self.channels = channels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = to_channels(self.images[index], self.channels)
+        label = int(self.targets[index])
+        return (self.transform(image) if self.transform is not None else image), label
+
+
+class IdxDataset(InMemoryImageDataset):
     """One split of an MNIST-style IDX data set: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``.
 
     Attributes:
@@ -264,8 +291,7 @@ class IdxDataset(Dataset):
         """
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+        super().__init__(channels, transform)
         root = Path(root)
         files = _idx_split_files(root, split)
         if files is None:
@@ -295,16 +321,6 @@ class IdxDataset(Dataset):
         self.images = images
         self.targets = labels.astype(np.int64)
         self.classes = list(classes)
-        self.channels = channels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = to_channels(self.images[index], self.channels)
-        label = int(self.targets[index])
-        return (self.transform(image) if self.transform is not None else image), label
 
 
 def default_cache_dir() -> Path:
@@ -799,27 +815,7 @@ def _cifar_dir(root: str | os.PathLike, folder: str, marker: str) -> Path:
     raise FileNotFoundError(f"{root}: no CIFAR files here or in {root / folder}, expected {marker}")
 
 
-class _CifarBase(Dataset):
-    images: np.ndarray
-    targets: np.ndarray
-    classes: list[str]
-
-    def __init__(self, channels: Channels, transform: Transform | None) -> None:
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-        self.channels = channels
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = to_channels(self.images[index], self.channels)
-        label = int(self.targets[index])
-        return (self.transform(image) if self.transform is not None else image), label
-
-
-class Cifar10Dataset(_CifarBase):
+class Cifar10Dataset(InMemoryImageDataset):
     """CIFAR-10, python version: ``data_batch_1..5``, ``test_batch``, ``batches.meta``.
 
     Attributes:
@@ -852,7 +848,7 @@ class Cifar10Dataset(_CifarBase):
         self.images, self.targets = _cifar_split(self.root, files, "labels", len(self.classes))
 
 
-class Cifar100Dataset(_CifarBase):
+class Cifar100Dataset(InMemoryImageDataset):
     """CIFAR-100, python version: ``train``, ``test``, ``meta`` with fine (100) and coarse (20) labels.
 
     Attributes:
