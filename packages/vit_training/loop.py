@@ -105,12 +105,15 @@ def _configure_logging(accelerator: Accelerator) -> None:
     logger.setLevel(logging.INFO if accelerator.is_main_process else logging.WARNING)
 
 
-def _all_finite(accelerator: Accelerator, loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every process (all processes must agree to skip or stop together)."""
+def _all_finite(accelerator: Accelerator, loss: torch.Tensor, loss_value: float) -> bool:
+    """True when the loss is finite on every process (all processes must agree to skip or stop together).
+
+    `loss_value` is `loss.item()`, read once per batch by the caller: one device sync, not two.
+    """
+    if accelerator.num_processes == 1:
+        return math.isfinite(loss_value)
     flag = torch.isfinite(loss.detach()).float().reshape(1)
-    if accelerator.num_processes > 1:
-        flag = accelerator.gather(flag).min().reshape(1)
-    return bool(flag.item())
+    return bool(accelerator.gather(flag).min().item())
 
 
 def _save_weights(module: nn.Module, path: Path) -> Path:
@@ -242,12 +245,13 @@ def fit(task: Task, config: Any) -> FitResult:
         for batch in batches:
             with accelerator.accumulate(model):
                 loss, extras = task.loss(model, batch)
-                if _all_finite(accelerator, loss):
+                loss_value = loss.item()
+                if _all_finite(accelerator, loss, loss_value):
                     accelerator.backward(loss)
-                    window_losses.append(loss.item())
+                    window_losses.append(loss_value)
                 elif train.nonfinite_loss == "stop":
                     raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {state.epoch}, batch {state.batches_done}, optimizer step "
+                        f"loss is {loss_value} at epoch {state.epoch}, batch {state.batches_done}, optimizer step "
                         f"{state.global_step + 1}; stopped without saving (checkpoints in {output_dir / 'checkpoints'} "
                         "are intact; lower optim.lr, set train.clip_grad_norm, or train.nonfinite_loss=skip)"
                     )
