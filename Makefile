@@ -15,6 +15,10 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967296
 
 # Real data that installs offline from Debian (DESIGN.md, "Real data that installs offline").
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+MRI_TEMPLATES := /usr/share/mricron/templates/aal.nii.gz
+# The aerial tree images ship inside this wheel; its own dependencies (a full training stack) are
+# not needed because we only read its data files, never import it.
+DEEPFOREST    := deepforest==2.1.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(VENV)/.installed: pyproject.toml
@@ -29,7 +33,15 @@ $(FASHION_MNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-data: $(FASHION_MNIST)
+$(MRI_TEMPLATES):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq mricron-data
+
+$(VENV)/.deepforest: $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps "$(DEEPFOREST)"
+	touch $@
+
+data: $(FASHION_MNIST) $(MRI_TEMPLATES) $(VENV)/.deepforest
 
 # Unit tests run one torch thread per process: two threads collapse when anything else loads the CPU.
 test: setup data

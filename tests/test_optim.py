@@ -1,4 +1,4 @@
-"""vit_training.optim and .schedule: AdamW groups, layer-wise lr decay, warmup + cosine/step/constant."""
+"""vit_training.optim and .schedule: AdamW/SGD groups, layer-wise lr decay, warmup + cosine/step/poly/constant."""
 
 from __future__ import annotations
 
@@ -184,6 +184,26 @@ def test_constant_and_step_milestones_in_steps() -> None:
     assert [constant(k) for k in (0, 2, 3, 19)] == pytest.approx([0.25, 0.75, 1, 1])
     step = lr_factor_fn(ScheduleConfig(name="step", milestone_steps=[7], gamma=0.5), 20, 5)
     assert [step(k) for k in (0, 6, 7, 19)] == pytest.approx([1, 1, 0.5, 0.5])
+
+
+def test_poly_follows_transunet_formula() -> None:
+    # TransUNet: lr = base_lr * (1 - iter_num / max_iterations) ** 0.9 for the iteration about to run.
+    poly = lr_factor_fn(ScheduleConfig(name="poly", power=0.9), 100, 10)
+    assert [poly(k) for k in (0, 1, 50, 99)] == pytest.approx([(1 - k / 100) ** 0.9 for k in (0, 1, 50, 99)])
+    warm = lr_factor_fn(ScheduleConfig(name="poly", power=2.0, warmup_steps=4), 24, 4)
+    assert [warm(k) for k in (0, 3, 4, 14)] == pytest.approx([0.2, 0.8, 1.0, (1 - 10 / 20) ** 2])
+
+
+def test_sgd_keeps_the_groups_and_momentum() -> None:
+    model = small_vit()
+    optimizer = build_optimizer(model, OptimizerConfig(name="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4))
+    assert isinstance(optimizer, torch.optim.SGD)
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert names == MATRICES
+    assert all(g["momentum"] == 0.9 and g["lr"] == pytest.approx(0.01) for g in optimizer.param_groups)
+    with pytest.raises(ValueError, match="nesterov=true needs momentum > 0"):
+        OptimizerConfig(name="sgd", momentum=0.0, nesterov=True)
 
 
 def test_resume_continues_the_schedule() -> None:

@@ -170,7 +170,7 @@ def test_bad_choice_lists_the_choices(tmp_path: Path) -> None:
     assert "train.mixed_precision" in message and "'bf17'" in message
     assert "auto, no, bf16, fp16" in message
     message = load_error(tmp_path, "data: {root: x}\n", ("schedule.name=linear",))
-    assert "schedule.name" in message and "cosine, step, constant" in message
+    assert "schedule.name" in message and "cosine, step, poly, constant" in message
 
 
 def test_range_checks_name_the_full_key(tmp_path: Path) -> None:

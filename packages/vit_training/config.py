@@ -50,7 +50,8 @@ from vit_backbone.attention import cpu_has_native_bf16
 T = TypeVar("T")
 
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
-ScheduleName = Literal["cosine", "step", "constant"]
+ScheduleName = Literal["cosine", "step", "poly", "constant"]
+OptimizerName = Literal["adamw", "sgd"]
 NonFiniteLoss = Literal["stop", "skip"]
 
 
@@ -89,29 +90,38 @@ def _check(condition: bool, message: str) -> None:
 # --------------------------------------------------------------------------- generic sections
 @dataclass
 class OptimizerConfig:
-    """AdamW and how its learning rate is spread over the model.
+    """The optimizer (AdamW or SGD) and how its learning rate is spread over the model.
 
     Args:
+        name: ``"adamw"`` (ViT/DETR recipes) or ``"sgd"`` with momentum (TransUNet's recipe).
         lr: peak learning rate (before per-group scales and the schedule).
         weight_decay: decoupled weight decay; never applied to biases, norms, LayerScale gains,
             position embeddings or tokens (see `optim.param_groups`).
         betas: AdamW's (beta1, beta2).
         eps: AdamW's epsilon.
+        momentum: SGD's momentum (ignored by AdamW).
+        nesterov: SGD with Nesterov momentum (ignored by AdamW).
         layer_decay: layer-wise lr decay for fine-tuning a ViT (BEiT/MAE recipe, e.g. 0.65-0.75):
             block i gets lr * layer_decay ** (depth - i); None turns it off.
         backbone_lr_scale: multiplies the lr of every backbone parameter except its classifier
             `head` (DETR trains its backbone at 0.1x).
     """
 
+    name: OptimizerName = "adamw"
     lr: float = 1e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    momentum: float = 0.9
+    nesterov: bool = False
     layer_decay: float | None = None
     backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        check_choices(self)
         _check(self.lr > 0, f"lr={self.lr} must be > 0")
+        _check(0 <= self.momentum < 1, f"momentum={self.momentum} must lie in [0, 1)")
+        _check(not self.nesterov or self.momentum > 0, "nesterov=true needs momentum > 0")
         _check(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
         _check(all(0 <= beta < 1 for beta in self.betas), f"betas={list(self.betas)} must lie in [0, 1)")
         _check(self.eps > 0, f"eps={self.eps} must be > 0")
@@ -128,7 +138,8 @@ class ScheduleConfig:
 
     Args:
         name: ``"cosine"`` (to `min_lr_ratio` at the last step), ``"step"`` (times `gamma` at each
-            milestone) or ``"constant"``; each after the linear warmup.
+            milestone), ``"poly"`` (``(1 - progress) ** power``, TransUNet's) or ``"constant"``; each
+            after the linear warmup.
         warmup_steps: linear warmup length in optimizer steps.
         warmup_epochs: the same in epochs (converted with the optimizer steps per epoch); set one
             of the two, not both.
@@ -136,6 +147,7 @@ class ScheduleConfig:
         milestone_epochs: epochs at which the "step" schedule multiplies the lr by `gamma`.
         milestone_steps: the same in optimizer steps; set one of the two.
         gamma: the "step" schedule's factor.
+        power: the "poly" schedule's exponent (0.9 in TransUNet and DeepLab).
     """
 
     name: ScheduleName = "cosine"
@@ -145,6 +157,7 @@ class ScheduleConfig:
     milestone_epochs: list[float] = field(default_factory=list)
     milestone_steps: list[int] = field(default_factory=list)
     gamma: float = 0.1
+    power: float = 0.9
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -164,6 +177,7 @@ class ScheduleConfig:
             "name='step' needs milestone_epochs or milestone_steps",
         )
         _check(self.gamma > 0, f"gamma={self.gamma} must be > 0")
+        _check(self.power > 0, f"power={self.power} must be > 0")
 
 
 @dataclass

@@ -153,6 +153,15 @@ def _visualize(task: Task, model: nn.Module, dataset: Dataset, accelerator: Acce
         task.visualize(model, batch, output_dir)
 
 
+def _eval_batch_size(task: Task, train: TrainConfig) -> int:
+    """The evaluation loader's batch size: the task's `eval_batch_size` where it has one.
+
+    A task may evaluate in other units than it trains on (the segmentation task trains on 2D
+    slices but evaluates whole volumes, one per batch, so cases spread over processes).
+    """
+    return getattr(task, "eval_batch_size", None) or train.batch_size
+
+
 def _evaluate(task: Task, model: nn.Module, loader: DataLoader, accelerator: Accelerator, output_dir: Path
               ) -> dict[str, float]:
     model.eval()
@@ -198,7 +207,7 @@ def fit(task: Task, config: Any) -> FitResult:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loader = None
     if eval_set is not None:
-        eval_loader = accelerator.prepare(DataLoader(eval_set, batch_size=train.batch_size, shuffle=False,
+        eval_loader = accelerator.prepare(DataLoader(eval_set, batch_size=_eval_batch_size(task, train), shuffle=False,
                                                      num_workers=train.num_workers, collate_fn=task.collate_fn(False),
                                                      generator=torch.Generator().manual_seed(train.seed)))
 
@@ -320,7 +329,7 @@ def evaluate_weights(task: Task, config: Any, weights: str | Path) -> dict[str, 
     _, eval_set = task.build_datasets()
     if eval_set is None:
         raise ValueError("the config names no evaluation set")
-    loader = DataLoader(eval_set, batch_size=config.train.batch_size, shuffle=False,
+    loader = DataLoader(eval_set, batch_size=_eval_batch_size(task, config.train), shuffle=False,
                         num_workers=config.train.num_workers, collate_fn=task.collate_fn(False))
     model, loader = accelerator.prepare(model, loader)
     return _evaluate(task, model, loader, accelerator, Path(config.train.output_dir))

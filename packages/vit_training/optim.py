@@ -175,8 +175,8 @@ def _layer_and_scale(
 
 def build_optimizer(
     model: nn.Module, cfg: OptimizerConfig, no_weight_decay_names: Iterable[str] | None = None
-) -> torch.optim.AdamW:
-    """AdamW over `param_groups(model, ...)`; each group's lr is cfg.lr * its "lr_scale".
+) -> torch.optim.Optimizer:
+    """AdamW or SGD (`cfg.name`) over `param_groups(model, ...)`; each group's lr is cfg.lr * its "lr_scale".
 
     Build it before `Accelerator.prepare` (prepare wraps, it does not rebuild).
 
@@ -194,4 +194,11 @@ def build_optimizer(
     )
     for group in groups:
         group["lr"] = cfg.lr * group["lr_scale"]
+    if cfg.name == "sgd":
+        # Weight decay stays per group (norms, biases and embeddings exempt) as for AdamW; in SGD it
+        # is L2 added to the gradient, which is what TransUNet's torch.optim.SGD(weight_decay=1e-4) does.
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name != "adamw":
+        raise ValueError(f"optim.name={cfg.name!r} is not one of adamw, sgd")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)

@@ -1,4 +1,4 @@
-"""Learning-rate schedules counted in optimizer steps: linear warmup, then cosine, step or constant.
+"""Learning-rate schedules counted in optimizer steps: linear warmup, then cosine, step, poly or constant.
 
 The schedule is one multiplicative factor f(step) applied to every group's initial lr
 (`LambdaLR`), so per-group scales from layer decay (`optim.param_groups`) keep their ratios
@@ -8,6 +8,7 @@ at every step. Step k is the k-th optimizer step of the run (0-based); the lr us
     warmup   f(k) = (k + 1) / (W + 1)                                   for k < W
     cosine   f(k) = m + (1 - m) * (1 + cos(pi * (k - W) / (T - W))) / 2  for W <= k  (m at k >= T)
     step     f(k) = gamma ** (number of milestones <= k)                 for W <= k
+    poly     f(k) = (1 - (k - W) / (T - W)) ** power                     for W <= k
     constant f(k) = 1                                                    for W <= k
 
 with W warmup steps, T total steps and m = min_lr_ratio. The warmup starts near zero but not
@@ -68,10 +69,10 @@ def lr_factor_fn(cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) ->
         total_steps: optimizer steps in the whole run (epochs * steps_per_epoch).
         steps_per_epoch: optimizer steps per epoch (batches per process / grad_accum_steps).
     """
-    if cfg.name not in ("cosine", "step", "constant"):
-        raise ValueError(f"schedule.name={cfg.name!r} is not one of cosine, step, constant")
+    if cfg.name not in ("cosine", "step", "poly", "constant"):
+        raise ValueError(f"schedule.name={cfg.name!r} is not one of cosine, step, poly, constant")
     warmup, milestones = _check_lengths(cfg, total_steps, steps_per_epoch)
-    name, min_ratio, gamma = cfg.name, cfg.min_lr_ratio, cfg.gamma
+    name, min_ratio, gamma, power = cfg.name, cfg.min_lr_ratio, cfg.gamma, cfg.power
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -81,6 +82,9 @@ def lr_factor_fn(cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) ->
             return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
         if name == "step":
             return gamma ** sum(step >= milestone for milestone in milestones)
+        if name == "poly":
+            # TransUNet: base_lr * (1 - iter / max_iter) ** 0.9, stepped after each iteration.
+            return max(0.0, 1.0 - (step - warmup) / (total_steps - warmup)) ** power
         return 1.0  # constant
 
     return factor

@@ -22,6 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 class Task(Protocol):
     """The contract between a task package and `vit_training.loop.fit`.
 
+    A task may set an attribute `eval_batch_size` (int) when its evaluation loader should batch
+    differently from training (e.g. one volume per batch); otherwise `train.batch_size` is used.
+
     Datasets may define `set_epoch(epoch)`; the loop calls it before every epoch so that
     per-sample random augmentations can be seeded from (seed, epoch, index) and a resumed run
     sees exactly the samples an uninterrupted one would.
