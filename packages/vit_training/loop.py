@@ -145,7 +145,9 @@ def _visualize(task: Task, model: nn.Module, dataset: Dataset, accelerator: Acce
     """A few predictions from the first evaluation images, drawn by the task (main process only)."""
     if not accelerator.is_main_process or len(dataset) == 0:
         return
-    loader = DataLoader(dataset, batch_size=min(16, len(dataset)), shuffle=False, collate_fn=task.collate_fn(False),
+    # A few items only: one batch of the task's evaluation size (e.g. one volume), at most 16 images.
+    batch_size = min(getattr(task, "eval_batch_size", None) or 16, 16, len(dataset))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate_fn(False),
                         generator=torch.Generator())
     batch = send_to_device(next(iter(loader)), accelerator.device)
     model.eval()

@@ -1,0 +1,311 @@
+"""The segmentation config: one dataclass schema, loaded with `vit_training.config.load_config`.
+
+    config = load_config(SegmentationConfig, "configs/segmentation/mri_lobes_cpu.yaml", ["train.epochs=3"])
+
+Sections: `model` (which ViT encoder, the TransUNet decoder, pretrained weights), `data` (Synapse
+npz/h5 or NIfTI, classes, input size, intensity normalisation of NIfTI volumes), `augment`
+(TransUNet's rot90/flip and rotation, plus scaling), `loss` (cross-entropy + Dice weights), `eval`
+(metric conventions, slice batching, overlays) and the generic `optim`, `schedule` and `train` of
+`vit_training`.
+
+Fields left None are filled by `SegmentationTask` (`model.img_size` from `data.input_size`,
+`data.class_names` from the data's ``classes.txt``), so a YAML file states only what it means.
+Range checks live in `__post_init__`; their messages start with the field name, so a load error
+reads ``configs/x.yaml: model.n_skip=4 must lie in [0, 3] ...``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vit_backbone import preset_config, preset_names
+from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
+
+DataFormat = Literal["synapse", "nifti"]
+Modality = Literal["ct", "mr"]
+Interpolation = Literal["bilinear", "bicubic"]
+MetricMode = Literal["transunet", "standard"]
+AttnKernel = Literal["auto", "sdpa", "manual"]
+WeightInit = Literal["timm", "jax"]
+PretrainedLayout = Literal["auto", "timm", "torchvision", "hf", "jax"]
+Channels = Literal[1, 3]
+FlipAxis = Literal["random", "height", "width"]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class ModelConfig:
+    """The TransUNet to build (`vit_segmentation.model.build_transunet`).
+
+    Args:
+        preset: a `vit_backbone` preset (`vit_backbone.preset_names()`): ``vit_base_r50_s16`` is
+            TransUNet's R50-ViT-B/16; a plain ViT (``vit_base_patch16``) is the paper's ViT-CUP.
+        img_size: (height, width) the learned position embedding is stored for; None takes
+            `data.input_size` (pretrained embeddings are resampled to it at load time).
+        patch_size, embed_dim, depth, num_heads, mlp_ratio: override the preset's architecture.
+        hybrid_layers: ResNetV2 blocks per CNN stage, overriding the preset's (e.g. [1, 1] for a
+            small stride-8 hybrid: skips at strides 2 and 4); the patch size follows the CNN's stride.
+        in_chans: channels of the backbone: 3 repeats the 1-channel slices to 3 (TransUNet, and
+            what RGB-pretrained weights need), 1 builds the first convolution for one channel.
+        n_skip: decoder stages that concatenate a CNN skip map, from the deepest: 3 = TransUNet,
+            0 = R50-ViT-CUP; a plain ViT has no skip maps and needs 0.
+        decoder_channels: output channels of the upsampler stages; one stage per factor 2 of the
+            patch size (4 for patch 16, 3 for patch 8).
+        head_channels: channels of the 3x3 convolution on the token map (TransUNet: 512).
+        pos_drop_rate: dropout on the embedded tokens (TransUNet: 0.1).
+        proj_drop_rate: dropout after the attention projection and in the MLP (TransUNet: 0.1).
+        attn_drop_rate: dropout on attention weights (TransUNet: 0.0).
+        drop_path_rate: stochastic depth of the last block.
+        attn_kernel: ``"auto" | "sdpa" | "manual"`` attention implementation.
+        weight_init: initialisation of a backbone trained from scratch (``"timm"`` or ``"jax"``).
+        grad_checkpointing: recompute block activations in the backward pass (less memory).
+        pretrained: a local ImageNet checkpoint of the encoder (JAX .npz such as Google's
+            ``R50+ViT-B_16.npz``, timm .safetensors/.pth, torchvision, Hugging Face); None trains
+            from scratch. Its classifier is dropped; the decoder always starts from scratch.
+        pretrained_layout: the checkpoint's layout, or ``"auto"`` to detect it.
+        pretrained_strict: every backbone tensor must come from the checkpoint.
+    """
+
+    preset: str = "vit_base_r50_s16"
+    img_size: tuple[int, int] | None = None
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    hybrid_layers: list[int] | None = None
+    in_chans: Channels = 3
+    n_skip: int = 3
+    decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 16])
+    head_channels: int = 512
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    attn_kernel: AttnKernel = "auto"
+    weight_init: WeightInit = "timm"
+    grad_checkpointing: bool = False
+    pretrained: str | None = None
+    pretrained_layout: PretrainedLayout = "auto"
+    pretrained_strict: bool = True
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _check(
+            self.preset in preset_names(),
+            f"preset={self.preset!r} is not a vit_backbone preset; choose one of: {', '.join(preset_names())}",
+        )
+        _check(
+            self.img_size is None or (len(self.img_size) == 2 and min(self.img_size) >= 1),
+            f"img_size={self.img_size} must be [height, width] (or null for data.input_size)",
+        )
+        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the preset's)")
+        _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0")
+        _check(
+            self.hybrid_layers is None or (len(self.hybrid_layers) >= 1 and min(self.hybrid_layers) >= 1),
+            f"hybrid_layers={self.hybrid_layers} must list >= 1 blocks for each of >= 1 stages (or be null)",
+        )
+        _check(
+            self.hybrid_layers is None or self.patch_size is None,
+            f"patch_size={self.patch_size} and hybrid_layers={self.hybrid_layers}: a hybrid's patch size is "
+            "its CNN's stride (4 * 2 ** (stages - 1)); set only hybrid_layers",
+        )
+        _check(
+            len(self.decoder_channels) >= 1 and min(self.decoder_channels) >= 1,
+            f"decoder_channels={self.decoder_channels} must be >= 1 positive channel counts",
+        )
+        _check(
+            0 <= self.n_skip < len(self.decoder_channels),
+            f"n_skip={self.n_skip} must lie in [0, {len(self.decoder_channels) - 1}] (the last decoder stage "
+            "works at the input resolution, where no skip map exists)",
+        )
+        _check(self.head_channels >= 1, f"head_channels={self.head_channels} must be >= 1")
+        for name in ("pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            _check(0 <= value < 1, f"{name}={value} must lie in [0, 1)")
+        _check(
+            self.pretrained is None or self.in_chans == 3,
+            "in_chans=1 with pretrained: ImageNet checkpoints take RGB; keep in_chans=3 (1-channel slices are "
+            "repeated to 3 channels, as TransUNet does)",
+        )
+
+
+@dataclass
+class DataConfig:
+    """Where the slices and volumes come from and how they become model inputs.
+
+    Args:
+        format: ``"synapse"`` (TransUNet's files: ``train_npz/caseXXXX_sliceNNN.npz`` slices and
+            ``test_vol_h5/caseXXXX.npy.h5`` volumes (Z, H, W), listed in ``train.txt`` /
+            ``test_vol.txt``) or ``"nifti"`` (``root/imagesTr/*.nii.gz`` + ``root/labelsTr/``).
+        root: the data folder.
+        list_dir: Synapse only: the folder of the list files; None means ``root/lists``.
+        train_list, test_list: Synapse only: list file names (slice names / case names).
+        eval_root: NIfTI only: a second folder (``imagesTr/`` + ``labelsTr/``) to evaluate on.
+        eval_cases: NIfTI only: case names of `root` held out of training for evaluation.
+            Without `eval_root` and `eval_cases` training runs without evaluation.
+        num_classes: label values 0..num_classes-1, background (0) included (Synapse: 9).
+        class_names: names of the foreground classes 1..num_classes-1 (metric columns); None reads
+            ``root/classes.txt`` (one name a line) when present, else "class_1", "class_2", ...
+        input_size: (height, width) the slices are resized to for the model (training and
+            inference); sides must be divisible by the patch size. Non-square is fine.
+        interpolation: image resize interpolation (labels are always resized nearest).
+        modality: NIfTI only: ``"ct"`` (clip to `ct_window` in HU, scale to [0, 1]) or ``"mr"``
+            (clip to the `mr_percentiles` of the volume, scale to [0, 1]).
+        axis: NIfTI only: the array axis to slice along (2 = axial for RAS-like volumes).
+        ct_window: NIfTI CT: (low, high) HU window (TransUNet: [-125, 275]).
+        mr_percentiles: NIfTI MR: (low, high) intensity percentiles.
+        skip_empty_slices: NIfTI only: train on slices with some foreground only.
+    """
+
+    format: DataFormat = "synapse"
+    root: str | None = None
+    list_dir: str | None = None
+    train_list: str = "train.txt"
+    test_list: str = "test_vol.txt"
+    eval_root: str | None = None
+    eval_cases: list[str] = field(default_factory=list)
+    num_classes: int = 9
+    class_names: list[str] | None = None
+    input_size: tuple[int, int] = (224, 224)
+    interpolation: Interpolation = "bicubic"
+    modality: Modality = "ct"
+    axis: int = 2
+    ct_window: tuple[float, float] = (-125.0, 275.0)
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    skip_empty_slices: bool = False
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _check(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2 (background + classes)")
+        _check(
+            self.class_names is None or len(self.class_names) == self.num_classes - 1,
+            f"class_names has {len(self.class_names or [])} names but num_classes={self.num_classes} needs "
+            f"{self.num_classes - 1} (the foreground classes 1..{self.num_classes - 1}, without background)",
+        )
+        _check(
+            len(self.input_size) == 2 and min(self.input_size) >= 1,
+            f"input_size={list(self.input_size)} must be [height, width] in pixels",
+        )
+        _check(self.axis in (0, 1, 2), f"axis={self.axis} must be 0, 1 or 2")
+        _check(self.ct_window[0] < self.ct_window[1], f"ct_window={list(self.ct_window)} must be [low, high]")
+        _check(
+            0 <= self.mr_percentiles[0] < self.mr_percentiles[1] <= 100,
+            f"mr_percentiles={list(self.mr_percentiles)} must satisfy 0 <= low < high <= 100",
+        )
+        nifti_only = [name for name in ("eval_root", "eval_cases") if getattr(self, name)]
+        _check(
+            self.format == "nifti" or not nifti_only,
+            f"{', '.join(nifti_only)} only apply to format='nifti'; Synapse evaluates the cases of test_list",
+        )
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation of the slice and its labels together (albumentations).
+
+    TransUNet's recipe is `rot_flip_prob` 0.5 with `rot90` on and `rotate_prob` 0.5 at ±20°.
+
+    Args:
+        rot_flip_prob: probability of a random rot90 (if `rot90`) followed by a flip.
+        rot90: include the rot90 in that step; turn it off for non-square slices, whose rotated
+            copy would be squeezed into the input size.
+        flip_axis: the flip of that step: ``"random"`` (either axis, TransUNet), ``"height"`` (rows
+            reversed) or ``"width"`` (columns reversed); one axis for data whose classes depend on
+            the position along the other (e.g. brain lobes from front to back).
+        rotate_prob: probability of the small rotation / scaling.
+        rotate_limit: rotation range ±degrees.
+        scale: zoom range of that same affine step ([1, 1] = none).
+    """
+
+    rot_flip_prob: float = 0.5
+    rot90: bool = True
+    flip_axis: FlipAxis = "random"
+    rotate_prob: float = 0.5
+    rotate_limit: float = 20.0
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("rot_flip_prob", "rotate_prob"):
+            value = getattr(self, name)
+            _check(0 <= value <= 1, f"{name}={value} must lie in [0, 1]")
+        _check(0 <= self.rotate_limit <= 180, f"rotate_limit={self.rotate_limit} must lie in [0, 180]")
+        _check(0 < self.scale[0] <= self.scale[1], f"scale={list(self.scale)} must satisfy 0 < low <= high")
+
+
+@dataclass
+class LossConfig:
+    """Training loss: ``ce_weight * cross-entropy + dice_weight * soft Dice`` (TransUNet: 0.5 / 0.5).
+
+    Args:
+        ce_weight: weight of the pixel-wise cross-entropy.
+        dice_weight: weight of the soft Dice loss (background included, mean over classes).
+    """
+
+    ce_weight: float = 0.5
+    dice_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.ce_weight >= 0, f"ce_weight={self.ce_weight} must be >= 0")
+        _check(self.dice_weight >= 0, f"dice_weight={self.dice_weight} must be >= 0")
+        _check(self.ce_weight + self.dice_weight > 0, "ce_weight and dice_weight are both 0: nothing to train")
+
+
+@dataclass
+class EvalConfig:
+    """Volume evaluation (`SegmentationTask.evaluate`).
+
+    Args:
+        metric_mode: the reported `mean_dice` / `mean_hd95` convention: ``"transunet"`` (3D Dice and
+            HD95 in voxels with TransUNet's empty-mask rules, comparable to its paper) or
+            ``"standard"`` (HD95 in mm at the volume's spacing, NaN/inf for empty masks).
+        other_mode: also compute the other convention, logged as ``standard/...`` or
+            ``transunet/...`` (costs a second distance transform per class).
+        slice_batch_size: slices per forward pass when predicting a volume.
+        overlay_slices: slices drawn by `visualize` (PNG overlays of image, truth and prediction).
+    """
+
+    metric_mode: MetricMode = "transunet"
+    other_mode: bool = True
+    slice_batch_size: int = 16
+    overlay_slices: int = 4
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        _check(self.slice_batch_size >= 1, f"slice_batch_size={self.slice_batch_size} must be >= 1")
+        _check(self.overlay_slices >= 0, f"overlay_slices={self.overlay_slices} must be >= 0")
+
+
+@dataclass
+class SegmentationConfig:
+    """Everything one segmentation run needs; saved as ``config.yaml`` beside its checkpoints."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # Known only with both sections: the model's patch must tile the input size.
+        patch = self.model.patch_size
+        if patch is None and self.model.hybrid_layers is not None:
+            patch = 4 * 2 ** (len(self.model.hybrid_layers) - 1)
+        if patch is None:
+            patch = int(preset_config(self.model.preset)["patch_size"])
+        height, width = self.data.input_size
+        _check(
+            height % patch == 0 and width % patch == 0,
+            f"data.input_size={[height, width]} is not divisible by the model's patch size {patch}",
+        )

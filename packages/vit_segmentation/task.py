@@ -1,0 +1,526 @@
+"""The segmentation Task that `vit_training.loop.fit` runs, and volume / image prediction.
+
+Training batches are ``(images, labels)``: images float32 (B, 1, h, w) normalised slices at
+`data.input_size` (h, w), labels int64 (B, h, w) in [0, C). Per-slice augmentation is seeded from
+(train.seed, epoch, index), so a resumed run and any process or worker see the same samples.
+
+Evaluation batches are lists of `datasets.Volume` (images (S, H, W) at their own size), one per
+process step (`eval_batch_size = 1`, so cases spread over the processes). Each volume is
+predicted as TransUNet does (`predict_volume`): every slice resized to the training size, one
+forward pass per batch of slices, argmax, the prediction resized back (nearest) to the slice
+size, the slices stacked; then per-class 3D Dice and HD95 (`metrics.case_metrics`). The per-case
+rows are gathered across processes, de-duplicated by case (Accelerate pads the last round with
+repeats) and summarised identically on every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vit_training.config import ConfigError
+
+from .config import SegmentationConfig
+from .datasets import (
+    NiftiSliceDataset,
+    NiftiVolumeDataset,
+    SynapseSliceDataset,
+    SynapseVolumeDataset,
+    Volume,
+    find_nifti_cases,
+)
+from .losses import CeDiceLoss
+from .metrics import METRIC_MODES, case_metrics, format_table, summarize, write_case_csv
+from .model import TransUNet, build_transunet
+from .transforms import (
+    Interpolation,
+    SliceTransform,
+    build_eval_transform,
+    build_train_transform,
+    resize_image,
+    resize_labels,
+    sample_seed,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AugmentedSlices",
+    "SegmentationTask",
+    "class_colours",
+    "default_class_names",
+    "overlay_slice_indices",
+    "predict_volume",
+    "resolve_config",
+    "save_overlays",
+]
+
+CLASSES_FILE = "classes.txt"  # one foreground class name a line, written by `prepare` and by users
+OVERLAY_FILE = "overlays.png"
+SUMMARY_FILE = "summary.txt"
+
+
+# ------------------------------------------------------------------------------------------ config
+def default_class_names(num_classes: int) -> list[str]:
+    """"class_1" .. "class_{C-1}": the foreground names when neither the config nor the data give any."""
+    return [f"class_{index}" for index in range(1, num_classes)]
+
+
+def _read_class_file(path: Path, num_classes: int) -> list[str]:
+    """Foreground names from a ``classes.txt``: C-1 lines, or C lines whose first names the background."""
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) == num_classes:
+        names = names[1:]
+    if len(names) != num_classes - 1:
+        raise ValueError(
+            f"{path}: {len(names)} class names, but data.num_classes={num_classes} needs {num_classes - 1} "
+            "(one per foreground class, background optional as the first line)"
+        )
+    return names
+
+
+def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
+    """A copy of `config` with what it leaves to the data filled in.
+
+    `data.class_names` (from ``data.root/classes.txt`` when present, else "class_1", ...) and
+    `model.img_size` (`data.input_size`). Saved as the run's config.yaml, the result rebuilds the
+    same model and names its classes without the data (for `predict`).
+
+    Raises:
+        ValueError: ``classes.txt`` does not have num_classes - 1 (or num_classes) names.
+    """
+    data, model = config.data, config.model
+    names = list(data.class_names) if data.class_names is not None else None
+    if names is None:
+        path = Path(data.root) / CLASSES_FILE if data.root is not None else None
+        names = (_read_class_file(path, data.num_classes) if path is not None and path.is_file()
+                 else default_class_names(data.num_classes))
+    data = dataclasses.replace(data, class_names=names)
+    if model.img_size is None:
+        model = dataclasses.replace(model, img_size=tuple(data.input_size))
+    return dataclasses.replace(config, data=data, model=model)
+
+
+# ------------------------------------------------------------------------------------------ data
+class AugmentedSlices(Dataset):
+    """A slice data set with its transform: item i -> (image float32 (1, h, w), labels int64 (h, w)).
+
+    With `seed` set (training) every item reseeds the transform from (seed, epoch, i), so the same
+    (epoch, i) always gives the same tensors in any process, DataLoader worker or resumed run.
+    The sources check every label against num_classes when they read it (naming the file), so a
+    bad label never reaches the loss.
+
+    Args:
+        source: a slice data set returning (image float32 (H, W), labels int64 (H, W)), e.g.
+            `SynapseSliceDataset` or `NiftiSliceDataset`.
+        transform: the per-slice pipeline.
+        seed: the run's seed for per-sample reseeding; None for a deterministic transform.
+    """
+
+    def __init__(self, source: Dataset, transform: SliceTransform, seed: int | None = None) -> None:
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the augmentation seeds are drawn for (the loop calls it every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = self.source[index]
+        if self.seed is not None:
+            self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
+        return self.transform(image, labels)
+
+
+def _volume_list(volumes: list[Volume]) -> list[Volume]:
+    """Evaluation collation: the volumes as they are (they differ in size; no stacking)."""
+    return list(volumes)
+
+
+# ------------------------------------------------------------------------------------------ inference
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP / torch.compile wrappers.
+
+    Volumes differ in slice count, so processes run different numbers of forward passes; a DDP
+    forward may broadcast BatchNorm buffers (a collective) and would then hang.
+    """
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _label_dtype(num_classes: int) -> np.dtype:
+    return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
+
+
+@torch.no_grad()
+def predict_volume(
+    model: nn.Module,
+    image: np.ndarray,
+    input_size: Sequence[int],
+    interpolation: Interpolation = "bicubic",
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Segment a volume slice by slice, as TransUNet's `test_single_volume` does.
+
+    Each slice is resized to `input_size` (the training size), a batch of slices goes through the
+    model (on the device of its parameters, in whatever autocast context the caller set), the
+    argmax over classes is resized back to the slice size with nearest neighbours, and the slices
+    are stacked.
+
+    Args:
+        model: a segmentation model, images (B, 1, h, w) -> logits (B, C, h, w).
+        image: float (S, H, W) normalised volume (S = slicing axis), or one (H, W) slice.
+        input_size: (h, w) the model was trained at.
+        interpolation: image resize, "bicubic" or "bilinear".
+        batch_size: slices per forward pass.
+
+    Returns:
+        labels (S, H, W) (or (H, W) for a 2D input), uint8 (uint16 above 256 classes).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a volume (S, H, W) or a slice (H, W), got shape {image.shape}")
+    volume = image[None] if image.ndim == 2 else image
+    if volume.shape[0] == 0:
+        raise ValueError(f"the volume has no slices (shape {image.shape})")
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    device = next(net.parameters()).device
+    num_slices, height, width = volume.shape
+    output: np.ndarray | None = None
+    for start in range(0, num_slices, batch_size):
+        stop = min(start + batch_size, num_slices)
+        chunk = np.stack([resize_image(volume[index], input_size, interpolation) for index in range(start, stop)])
+        logits = net(torch.from_numpy(chunk)[:, None].to(device))
+        if output is None:
+            output = np.zeros((num_slices, height, width), dtype=_label_dtype(logits.shape[1]))
+        # argmax of the logits = argmax of the softmax TransUNet takes first.
+        predicted = logits.float().argmax(dim=1).cpu().numpy()
+        for offset, index in enumerate(range(start, stop)):
+            output[index] = resize_labels(predicted[offset], (height, width))
+    net.train(was_training)
+    assert output is not None  # the loop ran at least once: num_slices >= 1
+    return output[0] if image.ndim == 2 else output
+
+
+# ------------------------------------------------------------------------------------------ pictures
+def class_colours(num_classes: int) -> np.ndarray:
+    """(C, 3) float RGB in [0, 1]: black background, then distinct colours that are not grey.
+
+    tab10 (9 colours without its grey) up to 9 classes, tab20 (18 without its greys) up to 18,
+    evenly spaced hues beyond: a grey class would vanish on a grey slice.
+    """
+    from matplotlib import colormaps
+
+    foreground = num_classes - 1
+    if foreground <= 9:
+        colours = colormaps["tab10"](np.delete(np.arange(10), 7))[:foreground, :3]
+    elif foreground <= 18:
+        colours = colormaps["tab20"](np.delete(np.arange(20), [14, 15]))[:foreground, :3]
+    else:
+        colours = colormaps["hsv"](np.linspace(0, 1, foreground, endpoint=False))[:, :3]
+    return np.concatenate([np.zeros((1, 3)), colours]).astype(np.float64)
+
+
+def _normalised(image: np.ndarray) -> np.ndarray:
+    """A slice scaled to [0, 1] by its own min and max (zeros when constant), for display."""
+    low, high = float(np.min(image)), float(np.max(image))
+    return (image - low) / (high - low) if high > low else np.zeros_like(image, dtype=np.float64)
+
+
+def _blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """A grey (H, W) slice with labelled pixels tinted: (H, W, 3) float in [0, 1]."""
+    rgb = np.repeat(_normalised(image)[..., None], 3, axis=2)
+    mask = labels > 0
+    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colours[labels[mask].astype(np.intp)]
+    return rgb
+
+
+def save_overlays(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    predictions: np.ndarray,
+    class_names: Sequence[str],
+    truths: np.ndarray | None = None,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """One row per slice: the image, the truth over it (when given) and the prediction over it, with a legend.
+
+    Args:
+        path: the PNG to write (its folder is created).
+        images: float (N, H, W) slices.
+        predictions: int (N, H, W) predicted labels.
+        class_names: the C-1 foreground class names (colour k+1 is class_names[k]).
+        truths: int (N, H, W) ground-truth labels, or None.
+        titles: one title per row, e.g. "case0001 slice 42".
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colours = class_colours(len(class_names) + 1)
+    rows = images.shape[0]
+    columns = 3 if truths is not None else 2
+    height, width = images.shape[1:]
+    panel = 3.0
+    figure = Figure(figsize=(panel * columns * max(width / height, 0.5) + 2.2, panel * rows + 0.4), dpi=100)
+    FigureCanvasAgg(figure)
+    for row in range(rows):
+        panels = [("image", np.repeat(_normalised(images[row])[..., None], 3, axis=2))]
+        if truths is not None:
+            panels.append(("truth", _blend(images[row], truths[row], colours)))
+        panels.append(("prediction", _blend(images[row], predictions[row], colours)))
+        for column, (name, picture) in enumerate(panels):
+            axes = figure.add_subplot(rows, columns, row * columns + column + 1)
+            axes.imshow(picture, interpolation="nearest")
+            label = f"{titles[row]}: {name}" if titles is not None and column == 0 else name
+            axes.set_title(label, fontsize=8)
+            axes.axis("off")
+    handles = [Patch(color=colours[index + 1], label=name) for index, name in enumerate(class_names)]
+    figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
+
+
+def overlay_slice_indices(labels: np.ndarray, count: int) -> list[int]:
+    """`count` slice indices spread evenly over the slices that hold foreground (all slices if none do)."""
+    candidates = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
+    if candidates.size == 0:
+        candidates = np.arange(labels.shape[0])
+    picks = np.linspace(0, candidates.size - 1, num=min(count, candidates.size)).round().astype(int)
+    return sorted({int(candidates[pick]) for pick in picks})
+
+
+# ------------------------------------------------------------------------------------------ task
+class SegmentationTask:
+    """TransUNet-style 2D slice segmentation evaluated on 3D volumes, as a `vit_training.task.Task`.
+
+    Args:
+        config: the run's config; it is resolved at construction (`resolve_config`: class names,
+            model input size) and the result is `self.config`, the config to pass to `fit` and save.
+
+    Attributes:
+        config: the resolved config.
+        class_names: the C-1 foreground class names.
+        eval_batch_size: volumes per evaluation step and process (1: cases spread over processes).
+    """
+
+    eval_batch_size: int = 1
+
+    def __init__(self, config: SegmentationConfig) -> None:
+        self.config = resolve_config(config)
+        self.criterion = CeDiceLoss(self.num_classes, self.config.loss.ce_weight, self.config.loss.dice_weight)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.data.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Foreground class names, index k = class k + 1."""
+        return list(self.config.data.class_names)
+
+    # -------------------------------------------------------------------------------- data
+    def train_transform(self) -> SliceTransform:
+        data, augment = self.config.data, self.config.augment
+        return build_train_transform(
+            data.input_size, rot_flip_prob=augment.rot_flip_prob, rot90=augment.rot90,
+            flip_axis=augment.flip_axis, rotate_prob=augment.rotate_prob, rotate_limit=augment.rotate_limit,
+            scale=tuple(augment.scale), interpolation=data.interpolation,
+        )
+
+    def eval_transform(self) -> SliceTransform:
+        return build_eval_transform(self.config.data.input_size, self.config.data.interpolation)
+
+    def _root(self) -> Path:
+        root = self.config.data.root
+        if root is None:
+            raise FileNotFoundError(
+                "data.root is not set: give the data folder (e.g. data.root=data/mri_lobes, made by "
+                "`python tasks/segment.py prepare`)"
+            )
+        path = Path(root)
+        if not path.is_dir():
+            raise FileNotFoundError(f"data.root={root!r}: no such folder")
+        return path
+
+    def _nifti_cases(self) -> tuple[list[tuple[str, Path, Path | None]], list[tuple[str, Path, Path | None]]]:
+        """(training cases, evaluation cases) of a NIfTI data set."""
+        data = self.config.data
+        cases = find_nifti_cases(self._root())
+        held_out = set(data.eval_cases)
+        unknown = held_out - {case for case, _, _ in cases}
+        if unknown:
+            known = ", ".join(case for case, _, _ in cases[:5])
+            raise ConfigError(
+                f"data.eval_cases names cases not in {data.root}: {sorted(unknown)} (it has {known} ...)"
+            )
+        train = [case for case in cases if case[0] not in held_out]
+        evaluation = [case for case in cases if case[0] in held_out]
+        if data.eval_root is not None:
+            evaluation += find_nifti_cases(Path(data.eval_root))
+        return train, evaluation
+
+    def _nifti_args(self) -> dict[str, Any]:
+        data = self.config.data
+        return {"num_classes": data.num_classes, "modality": data.modality, "axis": data.axis,
+                "ct_window": tuple(data.ct_window), "mr_percentiles": tuple(data.mr_percentiles)}
+
+    def build_train_dataset(self) -> AugmentedSlices:
+        """The training slices with seeded augmentation."""
+        data = self.config.data
+        if data.format == "synapse":
+            source: Dataset = SynapseSliceDataset(self._root(), list_file=data.train_list,
+                                                  num_classes=data.num_classes, list_dir=data.list_dir)
+        else:
+            train, _ = self._nifti_cases()
+            if not train:
+                raise FileNotFoundError(f"data.root={data.root!r}: no training cases left after data.eval_cases")
+            source = NiftiSliceDataset(train, skip_empty=data.skip_empty_slices, **self._nifti_args())
+        return AugmentedSlices(source, self.train_transform(), seed=self.config.train.seed)
+
+    def build_eval_dataset(self) -> Dataset | None:
+        """The evaluation volumes (`datasets.Volume` items, labels required), or None when there are none."""
+        data = self.config.data
+        if data.format == "synapse":
+            return SynapseVolumeDataset(self._root(), list_file=data.test_list, num_classes=data.num_classes,
+                                        list_dir=data.list_dir)
+        _, evaluation = self._nifti_cases()
+        if not evaluation:
+            return None
+        return NiftiVolumeDataset(evaluation, **self._nifti_args())
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        """(training slices, evaluation volumes or None)."""
+        train = self.build_train_dataset()
+        evaluation = self.build_eval_dataset()
+        if evaluation is None:
+            logger.warning("no evaluation cases (data.eval_cases / data.eval_root): training without evaluation")
+        return train, evaluation
+
+    def collate_fn(self, train: bool) -> Callable[[list[Any]], Any] | None:
+        """Training: the default stacking; evaluation: the list of volumes as is."""
+        return None if train else _volume_list
+
+    # -------------------------------------------------------------------------------- model and loss
+    def build_model(self) -> TransUNet:
+        """The TransUNet of `model` (pretrained backbone weights loaded when set), CPU, fp32."""
+        return build_transunet(self.config.model, self.num_classes)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """``ce_weight * CE + dice_weight * Dice`` of one batch (images (B, 1, h, w), labels (B, h, w)).
+
+        Returns:
+            (scalar loss, {"ce": cross-entropy, "dice_loss": 1 - mean soft Dice}) of the batch.
+        """
+        images, labels = batch[0], batch[1]
+        parts = self.criterion.components(model(images), labels)
+        return parts["loss"], {"ce": parts["ce"].item(), "dice_loss": parts["dice"].item()}
+
+    # -------------------------------------------------------------------------------- evaluation
+    def predict_volume(self, model: nn.Module, volume: Volume | np.ndarray) -> np.ndarray:
+        """Labels (S, H, W) uint8 of a `Volume` (or a float (S, H, W) array) at the config's input size."""
+        image = volume.image if isinstance(volume, Volume) else volume
+        data = self.config.data
+        return predict_volume(model, image, data.input_size, data.interpolation,
+                              batch_size=self.config.eval.slice_batch_size)
+
+    def case_record(self, model: nn.Module, volume: Volume) -> dict[str, Any]:
+        """One case's metrics per computed convention: {"case", "<mode>/dice": [...], "<mode>/hd95": [...]}."""
+        if volume.label is None:
+            raise ValueError(f"case {volume.case}: the evaluation volume has no labels")
+        prediction = self.predict_volume(model, volume)
+        record: dict[str, Any] = {"case": volume.case}
+        for mode in self._modes():
+            dice, hd95 = case_metrics(prediction, volume.label, self.num_classes, mode=mode,
+                                      spacing=volume.spacing)
+            record[f"{mode}/dice"] = dice.tolist()
+            record[f"{mode}/hd95"] = hd95.tolist()
+        return record
+
+    def _modes(self) -> list[str]:
+        chosen = self.config.eval.metric_mode
+        others = [mode for mode in METRIC_MODES if mode != chosen] if self.config.eval.other_mode else []
+        return [chosen, *others]
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, output_dir: Path
+                 ) -> dict[str, float]:
+        """Per-class Dice and HD95 over the evaluation volumes, TransUNet's procedure.
+
+        Every process predicts its own cases; the per-case rows are gathered with
+        `gather_for_metrics(..., use_gather_object=True)` after each step and de-duplicated by case,
+        so every case counts once whatever the number of processes. The main process writes
+        ``per_case_<mode>.csv`` and ``summary.txt`` (the tables) to `output_dir`.
+
+        Returns:
+            {"mean_dice", "mean_hd95", "dice/<class>", "hd95/<class>"} in `eval.metric_mode` (plus
+            "excluded/<class>" in standard mode), and with `eval.other_mode` the same keys of the
+            other convention prefixed "<mode>/"; identical on every process.
+        """
+        net = _unwrap(model)  # see `_unwrap`: no DDP collectives inside an uneven inference loop
+        records: dict[str, dict[str, Any]] = {}
+        for batch in loader:
+            local = [self.case_record(net, volume) for volume in batch]
+            for record in accelerator.gather_for_metrics(local, use_gather_object=True):
+                records.setdefault(record["case"], record)  # padding repeats a case: keep one
+        cases = sorted(records)
+        names = self.class_names
+        metrics: dict[str, float] = {}
+        tables: list[str] = []
+        for position, mode in enumerate(self._modes()):
+            shape = (len(cases), len(names))
+            dice = np.array([records[case][f"{mode}/dice"] for case in cases], dtype=np.float64).reshape(shape)
+            hd95 = np.array([records[case][f"{mode}/hd95"] for case in cases], dtype=np.float64).reshape(shape)
+            summary = summarize(dice, hd95, names, mode)
+            prefix = "" if position == 0 else f"{mode}/"
+            metrics.update({f"{prefix}{key}": float(value) for key, value in summary.items()})
+            if accelerator.is_main_process:
+                write_case_csv(Path(output_dir) / f"per_case_{mode}.csv", cases, dice, hd95, names)
+                unit = "voxels" if mode == "transunet" else "mm at each volume's spacing"
+                title = f"{mode} convention ({len(cases)} cases, HD95 in {unit}):"
+                tables.append(f"{title}\n{format_table(summary, names)}")
+        if accelerator.is_main_process:
+            text = "\n\n".join(tables)
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / SUMMARY_FILE).write_text(text + "\n")
+            logger.info("evaluation of %d cases:\n%s", len(cases), text)
+        return metrics
+
+    @torch.no_grad()
+    def visualize(self, model: nn.Module, batch: Any, output_dir: Path) -> None:
+        """Write ``overlays.png``: `eval.overlay_slices` slices of `batch[0]` with truth and prediction."""
+        count = self.config.eval.overlay_slices
+        if count == 0 or not batch:
+            return
+        volume: Volume = batch[0]
+        reference = volume.label if volume.label is not None else self.predict_volume(model, volume)
+        indices = overlay_slice_indices(reference, count)
+        images = volume.image[indices]
+        predictions = self.predict_volume(model, images)
+        truths = volume.label[indices] if volume.label is not None else None
+        titles = [f"{volume.case} slice {index}" for index in indices]
+        save_overlays(Path(output_dir) / OVERLAY_FILE, images, predictions, self.class_names, truths, titles)
+

@@ -1,0 +1,217 @@
+"""Slice augmentation and resizing: the image and its label map always move together.
+
+A slice is a float32 (H, W) image (already normalised, e.g. CT clipped to [-125, 275] HU and
+scaled to [0, 1]) with an integer (H, W) label map. `SliceTransform` returns model inputs:
+image float32 (1, h, w) and labels int64 (h, w) at the training size (h, w).
+
+Training (`build_train_transform`, TransUNet's `RandomGenerator` plus an optional zoom):
+    with p=rot_flip_prob: rot90 by k in {0, 1, 2, 3} (optional), then a flip (of a random axis,
+                          TransUNet's, or of a chosen one)
+    with p=rotate_prob:   rotation by U(-limit, limit) degrees and zoom by U(scale) (image bilinear,
+                          labels nearest, zeros outside)
+    resize to (h, w):     image bicubic / bilinear, labels nearest
+Evaluation (`build_eval_transform`): the resize only.
+
+Every random draw comes from albumentations' own generator: `SliceTransform.set_seed` reseeds
+it (the task does so per sample from (seed, epoch, index), so a resumed run repeats exactly).
+Resizing uses OpenCV with pixel-centre geometry (labels `INTER_NEAREST_EXACT`); TransUNet uses
+`scipy.ndimage.zoom` (order 3 / 0, corner-aligned), which places pixels up to half an output
+pixel differently at the borders.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Literal
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # a library import must not reach the network
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+__all__ = [
+    "SliceTransform",
+    "build_eval_transform",
+    "build_train_transform",
+    "resize_image",
+    "resize_labels",
+    "sample_seed",
+]
+
+Interpolation = Literal["bilinear", "bicubic"]
+FlipAxis = Literal["random", "height", "width"]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample `index` in `epoch`: 32 bits from numpy's SeedSequence.
+
+    SeedSequence mixes its words thoroughly, so neighbouring (epoch, index) pairs get unrelated
+    streams (seed + epoch * N + index would not).
+    """
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+def _cv2_interpolation(interpolation: Interpolation) -> int:
+    if interpolation == "bilinear":
+        return cv2.INTER_LINEAR
+    if interpolation == "bicubic":
+        return cv2.INTER_CUBIC
+    raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+
+
+def _size_hw(size: Sequence[int]) -> tuple[int, int]:
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be (height, width) in pixels, got {tuple(size)}")
+    return int(size[0]), int(size[1])
+
+
+def _label_storage(labels: np.ndarray) -> np.ndarray:
+    """Labels as uint8 / uint16 for OpenCV (which has no int64); negative values are an error."""
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+    if labels.size == 0:
+        return labels.astype(np.uint8)
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0:
+        negative = np.unique(labels[labels < 0])[:10].tolist()
+        raise ValueError(f"labels hold negative values {negative}; labels are class indices 0..C-1")
+    if high < 256:
+        return labels.astype(np.uint8, copy=False)
+    if high < 65536:
+        return labels.astype(np.uint16, copy=False)
+    raise ValueError(f"labels hold the value {high}; at most 65535 classes are supported")
+
+
+def resize_image(image: np.ndarray, size: Sequence[int], interpolation: Interpolation = "bicubic") -> np.ndarray:
+    """A float (H, W) slice resized to `size` = (h, w), float32; returned as is when already that size."""
+    height, width = _size_hw(size)
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2D slice (H, W), got shape {image.shape}")
+    if image.shape == (height, width):
+        return image
+    return cv2.resize(image, (width, height), interpolation=_cv2_interpolation(interpolation))
+
+
+def resize_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """An integer (H, W) label map resized nearest (pixel centres) to `size` = (h, w), int64."""
+    height, width = _size_hw(size)
+    if labels.ndim != 2:
+        raise ValueError(f"expected a 2D label map (H, W), got shape {labels.shape}")
+    if labels.shape == (height, width):
+        return labels.astype(np.int64, copy=False)
+    stored = _label_storage(labels)
+    return cv2.resize(stored, (width, height), interpolation=cv2.INTER_NEAREST_EXACT).astype(np.int64)
+
+
+class SliceTransform:
+    """An albumentations pipeline for (slice, labels) pairs as a plain callable.
+
+    Args:
+        pipeline: an `A.Compose` that takes ``image`` float32 (H, W) and ``mask`` uint (H, W).
+        size: the (h, w) it produces.
+    """
+
+    def __init__(self, pipeline: A.Compose, size: tuple[int, int]) -> None:
+        self.pipeline = pipeline
+        self.size = size
+
+    def __call__(self, image: np.ndarray, labels: np.ndarray | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            image: float (H, W) normalised slice.
+            labels: integer (H, W) label map, or None (inference).
+
+        Returns:
+            image float32 (1, h, w) and labels int64 (h, w) (None when none was given).
+        """
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2D slice (H, W), got shape {image.shape}")
+        if labels is None:
+            out = self.pipeline(image=image)
+            return torch.from_numpy(np.ascontiguousarray(out["image"]))[None], None
+        if labels.shape != image.shape:
+            raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
+        out = self.pipeline(image=image, mask=np.ascontiguousarray(_label_storage(labels)))
+        image_t = torch.from_numpy(np.ascontiguousarray(out["image"]))[None]
+        labels_t = torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))
+        return image_t, labels_t
+
+    def set_seed(self, seed: int | None) -> None:
+        """Reseed the random choices (albumentations 2 draws from its own generators, not torch's)."""
+        self.pipeline.set_random_seed(seed)
+
+    def __repr__(self) -> str:
+        return f"SliceTransform(size={self.size}, pipeline={self.pipeline!r})"
+
+
+def _resize(size: tuple[int, int], interpolation: Interpolation) -> A.Resize:
+    return A.Resize(height=size[0], width=size[1], interpolation=_cv2_interpolation(interpolation),
+                    mask_interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def build_train_transform(
+    input_size: Sequence[int],
+    rot_flip_prob: float = 0.5,
+    rot90: bool = True,
+    flip_axis: FlipAxis = "random",
+    rotate_prob: float = 0.5,
+    rotate_limit: float = 20.0,
+    scale: tuple[float, float] = (1.0, 1.0),
+    interpolation: Interpolation = "bicubic",
+    seed: int | None = None,
+) -> SliceTransform:
+    """TransUNet's training augmentation (rot90 + flip, small rotation) with optional zoom, then resize.
+
+    Args:
+        input_size: (h, w) of the output.
+        rot_flip_prob: probability of the rot90 + flip step.
+        rot90: include a random rot90 in that step (off for non-square slices: a rotated 90 x 217
+            slice would be squeezed into a 96 x 224 input).
+        flip_axis: the flip of that step: ``"random"`` (either axis, TransUNet), ``"height"`` (rows
+            reversed: up-down) or ``"width"`` (columns reversed: left-right). One axis suits data
+            whose classes depend on position along the other (brain lobes front to back).
+        rotate_prob: probability of the rotation / zoom step.
+        rotate_limit: rotation range ±degrees.
+        scale: zoom factor range of the rotation step.
+        interpolation: the final resize of the image (labels: nearest).
+        seed: seeds albumentations' generators (None: fresh entropy); see `SliceTransform.set_seed`.
+
+    Returns:
+        (float (H, W), int (H, W)) -> (float32 (1, h, w), int64 (h, w)).
+    """
+    size = _size_hw(input_size)
+    for name, value in (("rot_flip_prob", rot_flip_prob), ("rotate_prob", rotate_prob)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name}={value} is not a probability")
+    if not 0 < scale[0] <= scale[1]:
+        raise ValueError(f"scale={tuple(scale)} must satisfy 0 < low <= high")
+    steps: list[A.BasicTransform | A.BaseCompose] = []
+    if rot_flip_prob > 0:
+        orient: list[A.BasicTransform | A.BaseCompose] = [A.RandomRotate90(p=1.0)] if rot90 else []
+        if flip_axis == "random":
+            orient.append(A.OneOf([A.HorizontalFlip(p=1.0), A.VerticalFlip(p=1.0)], p=1.0))
+        elif flip_axis == "height":
+            orient.append(A.VerticalFlip(p=1.0))
+        elif flip_axis == "width":
+            orient.append(A.HorizontalFlip(p=1.0))
+        else:
+            raise ValueError(f"flip_axis={flip_axis!r} is not one of 'random', 'height', 'width'")
+        steps.append(A.Sequential(orient, p=rot_flip_prob))
+    if rotate_prob > 0 and (rotate_limit > 0 or tuple(scale) != (1.0, 1.0)):
+        steps.append(A.Affine(rotate=(-rotate_limit, rotate_limit), scale=tuple(scale),
+                              interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                              border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=rotate_prob))
+    steps.append(_resize(size, interpolation))
+    return SliceTransform(A.Compose(steps, seed=seed), size)
+
+
+def build_eval_transform(input_size: Sequence[int], interpolation: Interpolation = "bicubic") -> SliceTransform:
+    """Resize only: (float (H, W), int (H, W)) -> (float32 (1, h, w), int64 (h, w))."""
+    size = _size_hw(input_size)
+    return SliceTransform(A.Compose([_resize(size, interpolation)]), size)
