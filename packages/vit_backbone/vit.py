@@ -57,6 +57,36 @@ def _lecun_normal_(tensor: torch.Tensor) -> None:
     nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
+def check_valid_grids(valid_grids: Sequence[tuple[int, int]], grid: tuple[int, int], batch: int) -> None:
+    """Raise a one-line ValueError unless `valid_grids` holds one (h_i, w_i) per image inside `grid`."""
+    if len(valid_grids) != batch:
+        raise ValueError(f"valid_grids has {len(valid_grids)} entries for a batch of {batch} images")
+    for index, valid in enumerate(valid_grids):
+        if len(valid) != 2 or not (1 <= int(valid[0]) <= grid[0] and 1 <= int(valid[1]) <= grid[1]):
+            raise ValueError(
+                f"valid_grids[{index}]={tuple(valid)} is not a (h, w) grid between 1x1 and the batch grid "
+                f"{grid[0]}x{grid[1]}"
+            )
+
+
+def valid_grid_token_mask(
+    valid_grids: Sequence[tuple[int, int]], grid: tuple[int, int], device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(B, h*w) bool token mask, True on the top-left h_i x w_i tokens of each image (its unpadded grid).
+
+    Args:
+        valid_grids: per-image (h_i, w_i) token grid of the unpadded image.
+        grid: (h, w) token grid of the padded batch.
+        device: where to build the mask.
+    """
+    check_valid_grids(valid_grids, grid, len(valid_grids))
+    sizes = torch.tensor([[int(h), int(w)] for h, w in valid_grids], dtype=torch.long, device=device)
+    rows = torch.arange(grid[0], device=device)
+    cols = torch.arange(grid[1], device=device)
+    inside = (rows[None, :, None] < sizes[:, 0, None, None]) & (cols[None, None, :] < sizes[:, 1, None, None])
+    return inside.flatten(1)
+
+
 class VisionTransformer(nn.Module):
     """A ViT backbone with a classification head.
 
@@ -312,10 +342,49 @@ class VisionTransformer(nn.Module):
             tokens.append(self.reg_token.expand(batch, -1, -1))
         return tokens
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int], dict[str, torch.Tensor]]:
-        """Image batch (B, in_chans, H, W) -> tokens (B, P + h*w, C) with positions added, the grid (h, w), skips."""
+    def _per_image_position_embedding(
+        self, grid: tuple[int, int], valid_grids: Sequence[tuple[int, int]], reference: torch.Tensor
+    ) -> torch.Tensor | None:
+        """One position embedding per image of a padded batch: (B, P' + h*w, C) or None.
+
+        Image i gets exactly the embedding an unpadded forward of its own (h_i, w_i) grid would
+        add (the learned table resampled to (h_i, w_i), or the fixed sinusoid of that grid), in
+        the top-left h_i x w_i corner of the batch grid, and zeros on the padded tokens. P' is the
+        number of prefix rows the embedding kind carries (as in `_position_embedding`).
+        """
+        if self.pos_embed_kind == "none":
+            return None
+        height, width = grid
+        per_grid: dict[tuple[int, int], torch.Tensor] = {}
+        rows: list[torch.Tensor] = []
+        for valid in valid_grids:
+            valid = (int(valid[0]), int(valid[1]))
+            if valid not in per_grid:
+                pos = self._position_embedding(valid, reference)[0]  # (P' + h_i*w_i, C)
+                num_prefix = pos.shape[0] - valid[0] * valid[1]
+                canvas = pos.new_zeros(height, width, pos.shape[-1])
+                canvas[: valid[0], : valid[1]] = pos[num_prefix:].reshape(valid[0], valid[1], -1)
+                per_grid[valid] = torch.cat([pos[:num_prefix], canvas.flatten(0, 1)], dim=0)
+            rows.append(per_grid[valid])
+        return torch.stack(rows)
+
+    def embed(
+        self, x: torch.Tensor, valid_grids: Sequence[tuple[int, int]] | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int], dict[str, torch.Tensor]]:
+        """Image batch (B, in_chans, H, W) -> tokens (B, P + h*w, C) with positions added, the grid (h, w), skips.
+
+        Args:
+            x: images (B, in_chans, H, W).
+            valid_grids: optional per-image (h_i, w_i) token grid of the unpadded image in a batch
+                padded bottom/right (see `forward_features`); each image then gets its own
+                position embedding, zero on its padded tokens.
+        """
         patches, grid, skips = self.patch_embed(x)
-        pos = self._position_embedding(grid, patches)
+        if valid_grids is None:
+            pos = self._position_embedding(grid, patches)
+        else:
+            check_valid_grids(valid_grids, grid, patches.shape[0])
+            pos = self._per_image_position_embedding(grid, valid_grids, patches)
         prefix = self._prefix_tokens(patches.shape[0])
         if pos is None:
             tokens = torch.cat(prefix + [patches], dim=1)
@@ -328,8 +397,21 @@ class VisionTransformer(nn.Module):
             tokens = tokens + pos.to(tokens.dtype)
         return self.pos_drop(tokens), grid, skips
 
-    def _attention_mask(self, token_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, h*w) bool, True for real patches -> (B, 1, 1, P + h*w) key mask; prefix tokens always valid."""
+    def _attention_mask(
+        self,
+        token_mask: torch.Tensor | None,
+        valid_grids: Sequence[tuple[int, int]] | None = None,
+        grid: tuple[int, int] | None = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor | None:
+        """(B, h*w) bool, True for real patches -> (B, 1, 1, P + h*w) key mask; prefix tokens always valid.
+
+        With `valid_grids`, the tokens outside each image's grid are hidden as well (and-ed with
+        `token_mask` when both are given).
+        """
+        if valid_grids is not None:
+            grid_mask = valid_grid_token_mask(valid_grids, grid, device=device)
+            token_mask = grid_mask if token_mask is None else token_mask.bool() & grid_mask
         if token_mask is None:
             return None
         prefix = token_mask.new_ones(token_mask.shape[0], self.num_prefix_tokens)
@@ -341,7 +423,12 @@ class VisionTransformer(nn.Module):
         return block(tokens, attn_mask=attn_mask)
 
     # ------------------------------------------------------------------ forward
-    def forward_features(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> ViTFeatures:
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        token_mask: torch.Tensor | None = None,
+        valid_grids: Sequence[tuple[int, int]] | None = None,
+    ) -> ViTFeatures:
         """Run the backbone.
 
         Args:
@@ -349,13 +436,21 @@ class VisionTransformer(nn.Module):
                 when the model was built with `dynamic_img_pad`).
             token_mask: optional (B, h*w) bool, False for patches to hide from attention
                 (padding in a batch of differently sized images).
+            valid_grids: optional per-image (h_i, w_i) token grid of the unpadded image, for a
+                batch whose images were padded bottom/right to a common size. Each image then
+                gets its own position embedding (resampled to (h_i, w_i) exactly as an unpadded
+                forward would, zero on padded tokens) and its padded tokens are hidden from
+                attention, so its valid tokens equal those of the unpadded image up to float
+                rounding. Padded tokens hold meaningless values. For a hybrid model the CNN
+                stem still sees the padded canvas (its convolutions and GroupNorm mix padding
+                into border tokens), so there the equality holds only approximately.
 
         Returns:
             `ViTFeatures` with the normed patch tokens (B, h*w, C), class token (B, C) or None,
             register tokens (B, R, C) or None, the grid (h, w) and, for a hybrid, the CNN skips.
         """
-        tokens, grid, skips = self.embed(x)
-        attn_mask = self._attention_mask(token_mask)
+        tokens, grid, skips = self.embed(x, valid_grids)
+        attn_mask = self._attention_mask(token_mask, valid_grids, grid, tokens.device)
         for block in self.blocks:
             tokens = self._run_block(block, tokens, attn_mask)
         tokens = self.norm(tokens)
@@ -408,6 +503,7 @@ class VisionTransformer(nn.Module):
         norm: bool = False,
         output_fmt: Literal["NCHW", "NLC"] = "NCHW",
         token_mask: torch.Tensor | None = None,
+        valid_grids: Sequence[tuple[int, int]] | None = None,
     ) -> list[torch.Tensor]:
         """Outputs of chosen blocks as dense maps, for heads that need several depths.
 
@@ -420,6 +516,7 @@ class VisionTransformer(nn.Module):
             norm: apply the final LayerNorm to each output.
             output_fmt: ``"NCHW"`` for (B, C, h, w) maps, ``"NLC"`` for (B, h*w, C) tokens.
             token_mask: as in `forward_features`.
+            valid_grids: as in `forward_features`.
 
         Returns:
             one tensor per index, in the order of `indices`, prefix tokens removed.
@@ -427,8 +524,8 @@ class VisionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt={output_fmt!r} is not 'NCHW' or 'NLC'")
         chosen = self._block_indices(indices)
-        tokens, grid, _ = self.embed(x)
-        attn_mask = self._attention_mask(token_mask)
+        tokens, grid, _ = self.embed(x, valid_grids)
+        attn_mask = self._attention_mask(token_mask, valid_grids, grid, tokens.device)
         outputs: dict[int, torch.Tensor] = {}
         for index, block in enumerate(self.blocks[: max(chosen) + 1]):
             tokens = self._run_block(block, tokens, attn_mask)

@@ -1,0 +1,421 @@
+"""The detector: ViT backbone -> neck -> transformer encoder-decoder -> class and box heads.
+
+    images (B, 3, H, W), pad_mask (B, H, W)
+      -> ViT patch tokens (B, C, H/p, W/p), padded tokens hidden, per-image position embedding
+      -> neck: one level (DETR) or a simple feature pyramid (ViTDet), d channels each
+      -> encoder over all levels' cells (+ sine positions, + level embedding)
+      -> decoder: Q learned object queries (DETR) or Q anchor boxes refined per layer (DAB-DETR),
+         plus, in training, denoising queries built from the targets (DN-DETR)
+      -> class logits (B, Q, C + 1) and boxes (B, Q, 4) per decoder layer
+
+Conventions at the boundary:
+
+* `images` are padded bottom/right to a common size; `pad_mask` is True on padding pixels.
+  A patch is valid when its top-left pixel is, so an image of h x w pixels has a valid token
+  grid of ceil(h / p) x ceil(w / p) (the data pipeline pads each image to a multiple of p).
+* `pred_boxes` are sigmoid (cx, cy, w, h) normalised by each image's own UNPADDED size, like
+  the targets: all positions (memory encodings, anchors) are relative to the valid extent, so
+  a prediction does not depend on how much padding its batch added.
+* `pred_logits` have C + 1 columns; the last is "no object".
+
+Padding invariance (eval mode, up to float rounding) holds for both necks with a plain ViT;
+a hybrid backbone's CNN stem sees the padded canvas and breaks it slightly at the borders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vit_backbone import VisionTransformer
+from vit_backbone.attention import AttentionKernel
+
+from .box_ops import inverse_sigmoid
+from .neck import SimpleFeaturePyramid, SingleScaleNeck
+from .position_encoding import PositionEmbeddingSine
+from .transformer import (
+    MLP,
+    AnchorDecoder,
+    AnchorDecoderLayer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+__all__ = ["DETR", "NeckKind", "QueryKind", "build_denoising_queries", "token_padding"]
+
+NeckKind = Literal["single", "simple_fpn"]
+QueryKind = Literal["learned", "anchor"]
+
+
+def token_padding(pad_mask: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Token-level padding mask and per-image valid grid from a pixel padding mask.
+
+    A patch is valid when its top-left pixel is (padding is bottom/right), so an image of
+    h x w valid pixels has a ceil(h / p) x ceil(w / p) token grid.
+
+    Args:
+        pad_mask: (B, H, W) bool, True on padding pixels.
+        patch_size: p.
+
+    Returns:
+        (B, ceil(H / p), ceil(W / p)) bool, True on padding tokens, and the B valid grids (h_i, w_i).
+
+    Raises:
+        ValueError: an image is all padding, or its valid pixels are not a top-left rectangle.
+    """
+    if pad_mask.ndim != 3 or pad_mask.dtype != torch.bool:
+        raise ValueError(f"pad_mask must be a (B, H, W) bool tensor, got {tuple(pad_mask.shape)} {pad_mask.dtype}")
+    valid = ~pad_mask[:, ::patch_size, ::patch_size]
+    heights = valid[:, :, 0].sum(1)
+    widths = valid[:, 0, :].sum(1)
+    rows = torch.arange(valid.shape[1], device=valid.device)
+    cols = torch.arange(valid.shape[2], device=valid.device)
+    rectangle = (rows[None, :, None] < heights[:, None, None]) & (cols[None, None, :] < widths[:, None, None])
+    bad = ((rectangle != valid).flatten(1).any(1) | (heights == 0) | (widths == 0)).nonzero()
+    if len(bad):
+        raise ValueError(
+            f"pad_mask of image {int(bad[0])} is not a top-left rectangle of valid pixels padded bottom/right "
+            "(or has no valid pixel)"
+        )
+    grids = [(int(h), int(w)) for h, w in zip(heights.tolist(), widths.tolist(), strict=True)]
+    return ~valid, grids
+
+
+def build_denoising_queries(
+    targets: Sequence[dict],
+    num_groups: int,
+    num_classes: int,
+    label_noise: float,
+    box_noise: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """DN-DETR's noised copies of the targets, to be reconstructed by extra decoder queries.
+
+    Every image's T_b targets are copied into `num_groups` groups of M = max_b T_b slots (slot
+    j >= T_b is padding). In each copy a label is replaced by a random class with probability
+    `label_noise`, and each box edge moves by up to `box_noise` times half the box size (the
+    centre by up to box_noise * w / 2, the size by up to box_noise * w), clamped to [0, 1].
+
+    Args:
+        targets: B dicts with "labels" (T_b,) and "boxes" (T_b, 4) normalised cxcywh.
+        num_groups: G noised copies.
+        num_classes: C; padding slots get the label C ("unknown").
+        label_noise: probability of flipping a label.
+        box_noise: scale of the box jitter (DN-DETR's lambda).
+        device: where to build the queries.
+
+    Returns:
+        labels (B, G * M) int64, boxes (B, G * M, 4), valid (B, G * M) bool (False on padding
+        slots), and M. M = 0 when no image has a target.
+    """
+    group_size = max((len(t["labels"]) for t in targets), default=0)
+    batch = len(targets)
+    labels = torch.full((batch, group_size), num_classes, dtype=torch.int64, device=device)
+    boxes = torch.full((batch, group_size, 4), 0.5, dtype=torch.float32, device=device)
+    valid = torch.zeros(batch, group_size, dtype=torch.bool, device=device)
+    for image, target in enumerate(targets):
+        count = len(target["labels"])
+        labels[image, :count] = target["labels"].to(device)
+        boxes[image, :count] = target["boxes"].to(device).float()
+        valid[image, :count] = True
+    labels = labels.repeat(1, num_groups)
+    boxes = boxes.repeat(1, num_groups, 1)
+    valid = valid.repeat(1, num_groups)
+    if group_size == 0:
+        return labels, boxes, valid, 0
+
+    flip = (torch.rand(labels.shape, device=device) < label_noise) & valid
+    labels = torch.where(flip, torch.randint_like(labels, num_classes), labels)
+    if box_noise > 0:
+        half_extent = torch.cat([boxes[..., 2:] / 2, boxes[..., 2:]], dim=-1)
+        jitter = (torch.rand_like(boxes) * 2 - 1) * half_extent * box_noise
+        boxes = (boxes + jitter).clamp(0.0, 1.0)
+    return labels, boxes, valid, group_size
+
+
+def denoising_attention_mask(valid: torch.Tensor, num_groups: int, num_queries: int) -> torch.Tensor:
+    """(B, D + Q, D + Q) bool self-attention mask, True where a query must NOT see another.
+
+    Queries are [D denoising (G groups of M), Q matching]. Matching queries must not see the
+    denoising ones (they carry the answer); a group must not see other groups (each copy is a
+    separate reconstruction task); nobody looks at padding slots. Denoising queries may see
+    the matching ones, as in DN-DETR.
+    """
+    batch, num_dn = valid.shape
+    group_size = num_dn // num_groups
+    size = num_dn + num_queries
+    group_of = torch.arange(num_dn, device=valid.device) // group_size
+    blocked = torch.zeros(size, size, dtype=torch.bool, device=valid.device)
+    blocked[num_dn:, :num_dn] = True
+    blocked[:num_dn, :num_dn] = group_of[:, None] != group_of[None, :]
+    blocked = blocked[None].repeat(batch, 1, 1)
+    blocked[:, :, :num_dn] |= ~valid[:, None, :]
+    return blocked
+
+
+class DETR(nn.Module):
+    """DETR on a ViT, with DAB-DETR anchor queries and DN-DETR denoising as options.
+
+    Plain DETR (Carion et al. 2020) is the default. For fast convergence on small data use
+    `query_type="anchor"` (DAB-DETR: 4-D anchors refined layer by layer) and `dn_groups > 0`
+    (DN-DETR: noised ground-truth boxes as extra training queries).
+
+    The backbone's classification head is removed (and, with a ``"blocks.N"`` feature, the
+    blocks after N and the final norm), so every parameter takes part in the loss, as DDP needs.
+
+    Args:
+        backbone: the ViT; its `feature_specs()` gives the channels and stride of the map used.
+        num_classes: C real classes; the class head has C + 1 outputs (last = no object).
+        neck: ``"single"`` (one level at the backbone stride) or ``"simple_fpn"`` (ViTDet).
+        hidden_dim: transformer width d.
+        num_queries: Q predictions per image.
+        enc_layers: encoder layers (0 = no encoder).
+        dec_layers: decoder layers.
+        nheads: attention heads.
+        dim_feedforward: hidden width of the transformer's feed-forward blocks.
+        dropout: dropout in the transformer.
+        aux_loss: also return every earlier decoder layer's predictions ("aux_outputs").
+        pre_norm: pre-norm transformer layers (DETR's default is post-norm).
+        backbone_feature: which backbone output feeds the neck: ``"norm"`` (final normed
+            tokens) or ``"blocks.N"``.
+        fpn_scale_factors: levels of the simple feature pyramid, relative to the backbone map.
+        query_type: ``"learned"`` (DETR object queries) or ``"anchor"`` (DAB-DETR anchors with
+            conditional cross-attention; see `transformer.AnchorDecoder`).
+        dn_groups: denoising groups in training (0 = off; needs ``query_type="anchor"``).
+        dn_label_noise: probability of flipping a denoising query's label.
+        dn_box_noise: box jitter scale of the denoising queries.
+        attn_kernel: transformer attention kernel (see `vit_backbone.attention`).
+    """
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        num_classes: int,
+        neck: NeckKind = "single",
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        enc_layers: int = 6,
+        dec_layers: int = 6,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        aux_loss: bool = True,
+        pre_norm: bool = False,
+        backbone_feature: str = "norm",
+        fpn_scale_factors: Sequence[float] = (2.0, 1.0, 0.5),
+        query_type: QueryKind = "learned",
+        dn_groups: int = 0,
+        dn_label_noise: float = 0.2,
+        dn_box_noise: float = 0.4,
+        attn_kernel: AttentionKernel = "auto",
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if neck not in ("single", "simple_fpn"):
+            raise ValueError(f"neck={neck!r} is not one of ('single', 'simple_fpn')")
+        if query_type not in ("learned", "anchor"):
+            raise ValueError(f"query_type={query_type!r} is not one of ('learned', 'anchor')")
+        if dn_groups < 0:
+            raise ValueError(f"dn_groups must be >= 0, got {dn_groups}")
+        if dn_groups and query_type != "anchor":
+            raise ValueError("dn_groups > 0 (denoising queries) needs query_type='anchor'")
+        if dec_layers < 1 or enc_layers < 0 or num_queries < 1:
+            raise ValueError(
+                f"need dec_layers >= 1, enc_layers >= 0, num_queries >= 1; got {dec_layers}, {enc_layers}, {num_queries}"
+            )
+        if hidden_dim % 4:
+            raise ValueError(f"hidden_dim must be divisible by 4 (sine encodings), got {hidden_dim}")
+        specs = backbone.feature_specs()
+        if backbone_feature != "norm" and not backbone_feature.startswith("blocks."):
+            raise ValueError(f"backbone_feature={backbone_feature!r} must be 'norm' or 'blocks.N'")
+        if backbone_feature not in specs:
+            choices = [name for name in specs if name == "norm" or name.startswith("blocks.")]
+            raise ValueError(f"backbone_feature={backbone_feature!r} is not one of {choices}")
+
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.hidden_dim = hidden_dim
+        self.aux_loss = aux_loss
+        self.query_type = query_type
+        self.dn_groups = dn_groups
+        self.dn_label_noise = dn_label_noise
+        self.dn_box_noise = dn_box_noise
+        self.backbone_feature = backbone_feature
+
+        self.backbone = backbone
+        self._trim_backbone()
+        in_spec = specs[backbone_feature]
+        if neck == "single":
+            self.neck: SingleScaleNeck | SimpleFeaturePyramid = SingleScaleNeck(in_spec, hidden_dim)
+        else:
+            self.neck = SimpleFeaturePyramid(in_spec, hidden_dim, fpn_scale_factors)
+        num_levels = len(self.neck.strides)
+        # Several levels share one encoder: a learned embedding per level tells them apart.
+        self.level_embed = nn.Parameter(torch.zeros(num_levels, hidden_dim)) if num_levels > 1 else None
+        self.position_encoding = PositionEmbeddingSine(hidden_dim // 2)
+
+        self.encoder = TransformerEncoder(
+            TransformerEncoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm, attn_kernel),
+            enc_layers, final_norm=hidden_dim if pre_norm and enc_layers else None,
+        )
+        layer_args = (hidden_dim, nheads, dim_feedforward, dropout, pre_norm, attn_kernel)
+        self.class_head = nn.Linear(hidden_dim, num_classes + 1)
+        self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
+        if query_type == "learned":
+            self.decoder: TransformerDecoder = TransformerDecoder(
+                TransformerDecoderLayer(*layer_args), dec_layers, hidden_dim
+            )
+            self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        else:
+            self.decoder = AnchorDecoder(AnchorDecoderLayer(*layer_args), dec_layers, hidden_dim)
+            # Anchors are stored as logits: sigmoid keeps them in (0, 1) whatever the optimiser does.
+            self.anchor_embed = nn.Embedding(num_queries, 4)
+            # Row C is the content of every matching query ("unknown class"); rows 0..C-1 give
+            # the content of denoising queries from their (noised) labels.
+            self.label_embed = nn.Embedding(num_classes + 1, hidden_dim)
+        self._reset_parameters()
+
+    # ------------------------------------------------------------------ setup
+    def _trim_backbone(self) -> None:
+        """Drop backbone parts the detector never uses (DDP rejects parameters without gradients)."""
+        self.backbone.reset_classifier(0)
+        self.backbone.fc_norm = nn.Identity()
+        if self.backbone_feature.startswith("blocks."):
+            last = int(self.backbone_feature.split(".")[1])
+            del self.backbone.blocks[last + 1 :]
+            self.backbone.norm = nn.Identity()
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        # Transformer matrices: Xavier, as DETR (the attention projections init themselves).
+        for module in (self.encoder, self.decoder):
+            for name, param in module.named_parameters():
+                if param.dim() > 1 and "_proj." not in name:
+                    nn.init.xavier_uniform_(param)
+        if self.level_embed is not None:
+            nn.init.normal_(self.level_embed)  # as Deformable DETR: levels distinct from the start
+        if self.query_type == "anchor":
+            # Start each refinement at zero: layer 0 predicts the anchors themselves.
+            nn.init.zeros_(self.box_head.layers[-1].weight)
+            nn.init.zeros_(self.box_head.layers[-1].bias)
+            # Anchor centres spread uniformly over the image, sizes 0.1-0.3 of it.
+            centres = torch.rand(self.num_queries, 2)
+            sizes = 0.1 + 0.2 * torch.rand(self.num_queries, 2)
+            self.anchor_embed.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], dim=1)))
+
+    # ------------------------------------------------------------------ encode
+    def _backbone_map(self, images: torch.Tensor, valid_grids: list[tuple[int, int]] | None) -> torch.Tensor:
+        """Images -> (B, C, H/p, W/p) map of the chosen backbone output."""
+        if self.backbone_feature == "norm":
+            return self.backbone.forward_features(images, valid_grids=valid_grids).patch_map()
+        index = int(self.backbone_feature.split(".")[1])
+        return self.backbone.forward_intermediates(images, [index], valid_grids=valid_grids)[0]
+
+    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Backbone, neck and encoder.
+
+        Args:
+            images: (B, 3, H, W), H and W multiples of the patch size.
+            pad_mask: (B, H, W) bool, True on padding pixels; None when nothing is padded.
+
+        Returns:
+            memory (B, S, d), its positional encoding (B, S, d) and padding mask (B, S) (True
+            on padding), S = cells of all neck levels.
+        """
+        patch = self.backbone.patch_size
+        if pad_mask is None:
+            batch, _, height, width = images.shape
+            grid = (math.ceil(height / patch), math.ceil(width / patch))
+            token_pad = torch.zeros(batch, *grid, dtype=torch.bool, device=images.device)
+            valid_grids = None
+        else:
+            if pad_mask.shape != (images.shape[0], *images.shape[-2:]):
+                raise ValueError(
+                    f"pad_mask has shape {tuple(pad_mask.shape)} but images {tuple(images.shape)} need "
+                    f"{(images.shape[0], *images.shape[-2:])}"
+                )
+            token_pad, valid_grids = token_padding(pad_mask, patch)
+            if all(grid == token_pad.shape[1:] for grid in valid_grids):
+                valid_grids = None  # nothing padded at token level: the batched fast path
+        feature = self._backbone_map(images, valid_grids)
+
+        sources, positions, masks = [], [], []
+        for level, (level_map, level_mask) in enumerate(self.neck(feature, token_pad)):
+            pos = self.position_encoding(level_mask).to(level_map.dtype).flatten(2).transpose(1, 2)
+            if self.level_embed is not None:
+                pos = pos + self.level_embed[level].to(pos.dtype)
+            sources.append(level_map.flatten(2).transpose(1, 2))
+            positions.append(pos)
+            masks.append(level_mask.flatten(1))
+        src, pos, mask = torch.cat(sources, 1), torch.cat(positions, 1), torch.cat(masks, 1)
+        return self.encoder(src, pos, mask), pos, mask
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        images: torch.Tensor,
+        pad_mask: torch.Tensor | None = None,
+        targets: Sequence[dict] | None = None,
+    ) -> dict:
+        """Detect.
+
+        Args:
+            images: (B, 3, H, W) float, padded bottom/right to a multiple of the patch size.
+            pad_mask: (B, H, W) bool, True on padding pixels; None when nothing is padded.
+            targets: training targets (B dicts with "labels" (T_b,) and "boxes" (T_b, 4)
+                normalised cxcywh); only read to build denoising queries, in training mode.
+
+        Returns:
+            "pred_logits" (B, Q, C + 1), "pred_boxes" (B, Q, 4) sigmoid cxcywh normalised by each
+            image's unpadded size, "aux_outputs" (with `aux_loss`: a list of L - 1 dicts with the
+            same keys, first decoder layer first) and, when denoising queries were used,
+            "dn_outputs" (same layout, (B, G * M, ...)) and "dn_meta" {"num_groups": G,
+            "group_size": M} for `SetCriterion`.
+        """
+        memory, memory_pos, memory_mask = self.encode(images, pad_mask)
+        batch = images.shape[0]
+        if self.query_type == "learned":
+            query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
+            hidden = self.decoder(torch.zeros_like(query_pos), memory, query_pos, memory_pos, memory_mask)
+            logits, boxes = self.class_head(hidden), self.box_head(hidden).sigmoid()
+            return self._pack(logits, boxes)
+
+        anchors = self.anchor_embed.weight.sigmoid()[None].expand(batch, -1, -1)
+        content = self.label_embed.weight[self.num_classes].expand(batch, self.num_queries, -1)
+        attn_mask, num_dn, group_size = None, 0, 0
+        if self.training and self.dn_groups and targets is not None:
+            dn_labels, dn_boxes, dn_valid, group_size = build_denoising_queries(
+                targets, self.dn_groups, self.num_classes, self.dn_label_noise, self.dn_box_noise, images.device
+            )
+            if group_size:
+                num_dn = dn_labels.shape[1]
+                content = torch.cat([self.label_embed(dn_labels), content], dim=1)
+                anchors = torch.cat([dn_boxes, anchors], dim=1)
+                attn_mask = denoising_attention_mask(dn_valid, self.dn_groups, self.num_queries)
+        hidden, boxes = self.decoder(
+            content, memory, anchors, self.box_head, memory_pos, memory_mask, self_attn_mask=attn_mask
+        )
+        logits = self.class_head(hidden)
+        outputs = self._pack(logits[:, :, num_dn:], boxes[:, :, num_dn:])
+        if num_dn:
+            outputs["dn_outputs"] = self._pack(logits[:, :, :num_dn], boxes[:, :, :num_dn])
+            outputs["dn_meta"] = {"num_groups": self.dn_groups, "group_size": group_size}
+        return outputs
+
+    def _pack(self, logits: torch.Tensor, boxes: torch.Tensor) -> dict:
+        """(L, B, Q, C + 1) logits and (L, B, Q, 4) boxes -> the output dict (last layer + aux)."""
+        outputs: dict = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            outputs["aux_outputs"] = [
+                {"pred_logits": layer_logits, "pred_boxes": layer_boxes}
+                for layer_logits, layer_boxes in zip(logits[:-1], boxes[:-1], strict=True)
+            ]
+        return outputs

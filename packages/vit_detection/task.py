@@ -1,0 +1,418 @@
+"""The detection Task that `vit_training.loop.fit` runs, and prediction on image files.
+
+Batches are ``(images, pad_mask, targets)`` from `collate_detection`: images float32
+(B, 3, H, W) normalised and zero-padded bottom/right to a multiple of the patch size, pad_mask
+bool (B, H, W) True on padding, targets a list of B dicts ("boxes" (T, 4) normalised cxcywh of
+the unpadded augmented image, "labels" (T,) contiguous, "image_id", "orig_size", "size"); see
+`vit_detection.datasets`.
+
+The criterion (matcher + set loss) lives on the task, not in the model: the model's state dict
+is then only the network, and the exported ``model.safetensors`` loads into `build_detector`.
+Evaluation post-processes every query (no threshold), converts to COCO results with the data
+set's own category ids, gathers them from every process and runs pycocotools' COCOeval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from vit_backbone import create_vit, load_pretrained
+from vit_training.config import ConfigError
+
+from .coco_eval import (
+    CocoResultCollector,
+    evaluate_coco,
+    predictions_to_coco_results,
+    summary_text,
+    write_coco_results,
+)
+from .config import DetectionConfig, DetectionDataConfig, DetectionModelConfig
+from .criterion import SetCriterion
+from .datasets import CocoDetection, collate_detection, load_coco_json, read_rgb
+from .detr import DETR
+from .matcher import HungarianMatcher
+from .postprocess import PostProcess
+from .transforms import DetectionTransform, build_detection_transforms
+from .visualize import denormalize, save_overlays, target_boxes_xyxy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DetectionTask", "build_detector", "data_path", "predict_images", "resolve_config"]
+
+# Seed of the fixed subsets `data.num_train_samples` / `num_eval_samples` pick: independent of
+# train.seed, so runs with different seeds train and evaluate on the same images.
+SUBSET_SEED = 20240601
+# The losses logged per step besides the total (last decoder layer only: the aux ones repeat them).
+LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+
+
+def data_path(data: DetectionDataConfig, path: str) -> Path:
+    """`path` of the data section, relative to `data.root` unless absolute."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else Path(data.root) / candidate
+
+
+def resolve_config(config: DetectionConfig) -> DetectionConfig:
+    """A copy of `config` with what it leaves to the data filled in.
+
+    `data.class_names` and `data.category_ids` from the training annotations' categories (sorted
+    by id, as `CocoDetection` numbers its labels), `model.num_classes` from their count, and
+    `eval.max_dets` raised to `model.num_queries`. Saved as the run's config.yaml, the result
+    rebuilds the model and names its classes without the data (for `predict`).
+
+    Raises:
+        FileNotFoundError: the class names are needed and the annotations are not there.
+        ConfigError: a set value disagrees with the data (one line naming both).
+    """
+    model, data = config.model, config.data
+    names, ids = data.class_names, data.category_ids
+    if names is None or ids is None:
+        annotations = data_path(data, data.train_annotations)
+        if not annotations.is_file():
+            if model.num_classes is None:
+                raise FileNotFoundError(
+                    f"{annotations}: training annotations not found (data.root / data.train_annotations); "
+                    f"run `python tasks/detect.py prepare` for the demo data"
+                )
+            logger.warning("%s not found; naming the %d classes by index", annotations, model.num_classes)
+            found_names = [str(i) for i in range(model.num_classes)]
+            found_ids = list(range(1, model.num_classes + 1))
+        else:
+            categories = sorted(load_coco_json(annotations)["categories"], key=lambda c: c["id"])
+            found_names = [str(c["name"]) for c in categories]
+            found_ids = [int(c["id"]) for c in categories]
+        names = list(names) if names is not None else found_names
+        ids = list(ids) if ids is not None else found_ids
+    if len(names) != len(ids):
+        raise ConfigError(f"data.class_names has {len(names)} names but data.category_ids has {len(ids)} ids")
+    if model.num_classes is not None and model.num_classes != len(names):
+        raise ConfigError(
+            f"model.num_classes={model.num_classes} but the data has {len(names)} categories ({', '.join(names[:4])}, ...)"
+        )
+    model = dataclasses.replace(model, num_classes=len(names))
+    data = dataclasses.replace(data, class_names=list(names), category_ids=list(ids))
+    evaluation = dataclasses.replace(config.eval, max_dets=max(config.eval.max_dets, model.num_queries))
+    return dataclasses.replace(config, model=model, data=data, eval=evaluation)
+
+
+# ------------------------------------------------------------------------------------------ model
+def build_backbone(cfg: DetectionModelConfig, load_weights: bool = True) -> nn.Module:
+    """The ViT of `cfg` without a classifier, with `cfg.pretrained` loaded (its head dropped)."""
+    overrides: dict[str, Any] = {"num_classes": 0, "img_size": cfg.img_size, "in_chans": 3,
+                                 "drop_path_rate": cfg.drop_path_rate}
+    for name in ("patch_size", "embed_dim", "depth", "num_heads"):
+        value = getattr(cfg, name)
+        if value is not None:
+            overrides[name] = value
+    pretrained = cfg.pretrained if load_weights else None
+    if pretrained is not None:
+        overrides["weight_init"] = "skip"  # every tensor is overwritten by the checkpoint
+    backbone = create_vit(cfg.preset, **overrides)
+    if pretrained is not None:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.pretrained={pretrained!r}: no such file")
+        report = load_pretrained(backbone, path, layout=cfg.pretrained_layout, reset_head=True)
+        logger.info("backbone weights from %s (%s layout%s)", path, report.layout,
+                    ", position embedding resampled" if report.resampled_pos_embed else "")
+    return backbone
+
+
+def build_detector(cfg: DetectionModelConfig, load_weights: bool = True) -> DETR:
+    """The DETR of `cfg` on the CPU in fp32; `cfg.num_classes` must be set (`resolve_config`).
+
+    Args:
+        cfg: the model section.
+        load_weights: load `cfg.pretrained` into the backbone; False builds the architecture only
+            (to load a trained ``model.safetensors`` into it afterwards).
+    """
+    if cfg.num_classes is None:
+        raise ConfigError("model.num_classes is not set (resolve the config against the data first)")
+    return DETR(
+        build_backbone(cfg, load_weights),
+        num_classes=cfg.num_classes,
+        neck=cfg.neck,
+        hidden_dim=cfg.hidden_dim,
+        num_queries=cfg.num_queries,
+        enc_layers=cfg.enc_layers,
+        dec_layers=cfg.dec_layers,
+        nheads=cfg.nheads,
+        dim_feedforward=cfg.dim_feedforward,
+        dropout=cfg.dropout,
+        aux_loss=cfg.aux_loss,
+        pre_norm=cfg.pre_norm,
+        backbone_feature=cfg.backbone_feature,
+        query_type=cfg.query_type,
+        dn_groups=cfg.dn_groups,
+        dn_label_noise=cfg.dn_label_noise,
+        dn_box_noise=cfg.dn_box_noise,
+    )
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DDP and torch.compile wrappers keep the detector inside.
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+class _Subset(Dataset):
+    """A fixed subset of a `CocoDetection` that passes `set_epoch` through (for augmentation seeds)."""
+
+    def __init__(self, dataset: CocoDetection, indices: np.ndarray) -> None:
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[self.indices[index]]
+
+
+def _subset(dataset: CocoDetection, limit: int | None) -> Dataset:
+    if limit is None or limit >= len(dataset):
+        return dataset
+    chosen = np.sort(np.random.default_rng(SUBSET_SEED).choice(len(dataset), size=limit, replace=False))
+    return _Subset(dataset, chosen)
+
+
+# ------------------------------------------------------------------------------------------ task
+class DetectionTask:
+    """DETR-style object detection on the shared ViT, as a `vit_training.task.Task`.
+
+    Args:
+        config: the run's config; resolved at construction (`resolve_config`): class names,
+            category ids and class count come from the training annotations. The result is
+            `self.config`, the config to pass to `fit` and to save.
+    """
+
+    def __init__(self, config: DetectionConfig) -> None:
+        self.config = resolve_config(config)
+        loss = self.config.loss
+        matcher = HungarianMatcher(cost_class=loss.cost_class, cost_bbox=loss.cost_bbox, cost_giou=loss.cost_giou)
+        self.criterion = SetCriterion(
+            self.num_classes, matcher, eos_coef=loss.eos_coef,
+            weight_dict={"loss_ce": loss.ce_weight, "loss_bbox": loss.bbox_weight, "loss_giou": loss.giou_weight},
+            aux_loss=self.config.model.aux_loss,
+        )
+        self.postprocess = PostProcess()
+        self._eval_set: CocoDetection | None = None
+
+    # -------------------------------------------------------------------------------- names
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.model.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.data.class_names)
+
+    @property
+    def label_to_category_id(self) -> list[int]:
+        return list(self.config.data.category_ids)
+
+    @property
+    def patch_size(self) -> int:
+        """Padding multiple of the batches: the backbone's patch size."""
+        cfg = self.config.model
+        if cfg.patch_size is not None:
+            return cfg.patch_size
+        from vit_backbone import preset_config
+
+        return int(preset_config(cfg.preset)["patch_size"])
+
+    # -------------------------------------------------------------------------------- data
+    def transform(self, train: bool) -> DetectionTransform:
+        data = self.config.data
+        return build_detection_transforms(
+            train, train_sizes=data.train_sizes, eval_size=data.eval_size, max_size=data.max_size,
+            hflip=data.hflip, vflip=data.vflip, crop_prob=data.crop_prob, crop_min_scale=data.crop_min_scale,
+            min_visibility=data.min_visibility, mean=data.mean, std=data.std,
+        )
+
+    def _dataset(self, train: bool) -> CocoDetection:
+        data = self.config.data
+        images, annotations = (data.train_images, data.train_annotations) if train else (data.val_images,
+                                                                                        data.val_annotations)
+        dataset = CocoDetection(
+            data_path(data, images), data_path(data, annotations), transform=self.transform(train),
+            seed=self.config.train.seed if train else None,
+        )
+        if dataset.label_to_category_id != self.label_to_category_id:
+            raise ValueError(
+                f"{dataset.annotation_file}: categories {dataset.label_to_category_id[:6]}... differ from the "
+                f"config's data.category_ids {self.label_to_category_id[:6]}... (train and val need the same categories)"
+            )
+        return dataset
+
+    def build_train_dataset(self) -> Dataset:
+        return _subset(self._dataset(train=True), self.config.data.num_train_samples)
+
+    def build_eval_dataset(self) -> Dataset | None:
+        """The evaluation split (None when the config names none)."""
+        if self.config.data.val_annotations is None:
+            return None
+        self._eval_set = self._dataset(train=False)
+        return _subset(self._eval_set, self.config.data.num_eval_samples)
+
+    # -------------------------------------------------------------------------------- Task
+    def build_model(self) -> nn.Module:
+        return build_detector(self.config.model)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
+        return self.build_train_dataset(), self.build_eval_dataset()
+
+    def collate_fn(self, train: bool) -> Callable[[list[Any]], Any]:
+        # A partial of a module-level function pickles, so DataLoader workers can use it.
+        return functools.partial(collate_detection, size_divisor=self.patch_size)
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        images, pad_mask, targets = batch
+        outputs = model(images, pad_mask, targets)
+        losses = self.criterion.to(images.device)(outputs, targets)
+        total = self.criterion.total(losses)
+        return total, {key: float(losses[key].detach()) for key in LOGGED_LOSSES if key in losses}
+
+    @torch.no_grad()
+    def predict_batch(self, model: nn.Module, images: torch.Tensor, pad_mask: torch.Tensor,
+                      orig_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """Every query of every image: "scores" (Q,), "labels" (Q,) contiguous, "boxes" (Q, 4)
+        absolute xyxy in the pixels of `orig_sizes` ((B, 2) height, width)."""
+        outputs = model(images, pad_mask)
+        # Post-processing in fp32 whatever the autocast: scores and boxes go to COCOeval as floats.
+        outputs = {key: outputs[key].float() for key in ("pred_logits", "pred_boxes")}
+        return self.postprocess(outputs, orig_sizes.to(outputs["pred_boxes"].device))
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, output_dir: Path,
+                 results_path: Path | None = None) -> dict[str, float]:
+        """COCOeval box metrics over `loader` (every process gets the same 12 numbers).
+
+        Writes (main process) ``coco_results.json`` (the COCO submission format, or
+        `results_path`) and ``coco_eval.txt`` (COCOeval's 12 lines) into `output_dir`.
+        """
+        collector = CocoResultCollector()
+        for images, pad_mask, targets in loader:
+            orig_sizes = torch.stack([torch.as_tensor(t["orig_size"]) for t in targets])
+            predictions = self.predict_batch(model, images, pad_mask, orig_sizes)
+            predictions = [{key: value.cpu() for key, value in p.items()} for p in predictions]
+            image_ids = [int(t["image_id"]) for t in targets]
+            per_image = [predictions_to_coco_results([i], [p], self.label_to_category_id)
+                         for i, p in zip(image_ids, predictions, strict=True)]
+            collector.update(image_ids, per_image, accelerator)
+        coco_gt = self._ground_truth(loader)
+        stats = evaluate_coco(coco_gt, collector.results, max_dets=self.config.eval.max_dets,
+                              image_ids=collector.image_ids)
+        if accelerator.is_main_process:
+            output_dir = Path(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            write_coco_results(results_path or output_dir / "coco_results.json", collector.results)
+            (output_dir / "coco_eval.txt").write_text(summary_text(stats) + "\n")
+            logger.info("COCO box evaluation on %d images:\n%s", len(collector), summary_text(stats))
+        return stats
+
+    def _ground_truth(self, loader: DataLoader):
+        dataset = self._eval_set
+        if dataset is None:
+            inner = getattr(loader, "dataset", None)
+            dataset = getattr(inner, "dataset", inner)
+        if not isinstance(dataset, CocoDetection):
+            raise TypeError("evaluate needs the loader of the task's evaluation set (a CocoDetection)")
+        return dataset.coco_gt
+
+    def visualize(self, model: nn.Module, batch: Any, output_dir: Path) -> None:
+        """PNG overlays of the first `eval.overlay_images` images: predictions and ground truth."""
+        count = self.config.eval.overlay_images
+        if count == 0:
+            return
+        images, pad_mask, targets = batch
+        images, pad_mask, targets = images[:count], pad_mask[:count], targets[:count]
+        sizes = torch.stack([torch.as_tensor(t["size"]) for t in targets])
+        predictions = self.predict_batch(model, images, pad_mask, sizes)
+        pictures, gt_boxes = [], []
+        for image, target in zip(images, targets, strict=True):
+            h, w = (int(v) for v in target["size"])
+            pictures.append(denormalize(image[:, :h, :w].float().cpu(), self.config.data.mean, self.config.data.std))
+            gt_boxes.append(target_boxes_xyxy(target["boxes"].float().cpu(), (h, w)))
+        save_overlays(
+            pictures, [{k: v.cpu() for k, v in p.items()} for p in predictions], Path(output_dir) / "overlays",
+            self.class_names, score_threshold=self.config.eval.score_threshold,
+            names=[f"image_{int(t['image_id'])}" for t in targets], gt_boxes=gt_boxes,
+        )
+
+
+# ------------------------------------------------------------------------------------------ predict
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    paths: Sequence[Path],
+    config: DetectionConfig,
+    device: torch.device,
+    output_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Detect objects in image files with the evaluation transform of `config` (resolved).
+
+    Args:
+        model: a trained `DETR` (e.g. `build_detector` + `load_weights_for_inference`).
+        paths: image files.
+        config: the resolved config the weights were trained with.
+        device: where to run.
+        output_dir: when given, a PNG overlay per image (boxes scoring >= eval.score_threshold).
+
+    Returns:
+        One dict per image: "file", and "detections", a list of {"label", "category_id", "score",
+        "bbox_xyxy"} in the image's own pixels, sorted by score, every query (no threshold).
+    """
+    task_config = config
+    transform = build_detection_transforms(
+        False, train_sizes=task_config.data.train_sizes, eval_size=task_config.data.eval_size,
+        max_size=task_config.data.max_size, mean=task_config.data.mean, std=task_config.data.std,
+    )
+    patch = int(_unwrap(model).backbone.patch_size)
+    model = model.to(device).eval()
+    postprocess = PostProcess()
+    rows = []
+    names = list(task_config.data.class_names)
+    category_ids = list(task_config.data.category_ids)
+    for path in paths:
+        rgb = read_rgb(path)
+        image, _, _ = transform(rgb, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+        images, pad_mask, _ = collate_detection([(image, {})], size_divisor=patch)
+        outputs = model(images.to(device), pad_mask.to(device))
+        outputs = {key: outputs[key].float() for key in ("pred_logits", "pred_boxes")}
+        orig = torch.tensor([[rgb.shape[0], rgb.shape[1]]], device=device)
+        prediction = {k: v.cpu() for k, v in postprocess(outputs, orig)[0].items()}
+        order = torch.argsort(prediction["scores"], descending=True)
+        detections = [
+            {"label": names[int(prediction["labels"][i])], "category_id": category_ids[int(prediction["labels"][i])],
+             "score": float(prediction["scores"][i]), "bbox_xyxy": [float(v) for v in prediction["boxes"][i]]}
+            for i in order
+        ]
+        rows.append({"file": str(path), "detections": detections})
+        if output_dir is not None:
+            save_overlays([torch.from_numpy(rgb).permute(2, 0, 1)], [prediction], output_dir, names,
+                          score_threshold=task_config.eval.score_threshold, names=[Path(path).stem])
+    return rows
+
+
+def write_predictions_json(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`predict_images` rows as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
