@@ -5,3 +5,30 @@ pyramid), `transformer`, `detr` (the detector), `matcher` (Hungarian), `criterio
 `postprocess`, `datasets` (COCO JSON through pycocotools), `transforms` (albumentations),
 `coco_eval`, `prepare` (demo data), `config` and `task` (the Task `vit_training.fit` runs).
 """
+
+from .coco_eval import evaluate_coco, predictions_to_coco_results, summary_text
+from .config import DetectionConfig
+from .criterion import SetCriterion
+from .datasets import CocoDetection, collate_detection
+from .detr import DETR
+from .matcher import HungarianMatcher
+from .postprocess import PostProcess
+from .task import DetectionTask, build_detector, predict_images
+from .transforms import build_detection_transforms
+
+__all__ = [
+    "DETR",
+    "CocoDetection",
+    "DetectionConfig",
+    "DetectionTask",
+    "HungarianMatcher",
+    "PostProcess",
+    "SetCriterion",
+    "build_detection_transforms",
+    "build_detector",
+    "collate_detection",
+    "evaluate_coco",
+    "predict_images",
+    "predictions_to_coco_results",
+    "summary_text",
+]
