@@ -468,11 +468,11 @@ def _compose_scene(
 
 def prepare_fashion_scenes(
     output_dir: str | os.PathLike,
-    num_train: int = 4000,
+    num_train: int = 8000,
     num_val: int = 500,
-    canvas_range: tuple[int, int] = (128, 192),
-    object_size: tuple[int, int] = (20, 56),
-    objects_per_image: tuple[int, int] = (2, 6),
+    canvas_range: tuple[int, int] = (64, 96),
+    object_size: tuple[int, int] = (16, 36),
+    objects_per_image: tuple[int, int] = (2, 4),
     max_overlap: float = 0.3,
     background: Literal["noise", "plain"] = "noise",
     image_format: ImageFormat = "jpg",
