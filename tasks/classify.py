@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask PyPI on import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never reach a hub from here
 
-CONFIG_FILE = "config.yaml"  # what `fit` saves in every run folder
-WEIGHTS_FILE = "model.safetensors"  # what `fit` exports in every run folder
+# After the environment above: the imports below read it.
+from vit_classification.config import ClassificationConfig  # noqa: E402
+from vit_training.cli import (  # noqa: E402
+    CONFIG_FILE,
+    add_overrides,
+    configure_logging,
+    load_run_config,
+    paragraph,
+    train_overrides,
+    weights_file,
+)
 
 EXAMPLES = """\
 examples:
@@ -36,16 +43,9 @@ e.g. optim.lr=2e-3 train.batch_size=64 data.num_train_samples=5000.
 """
 
 
-def _paragraph(text: str) -> str:
-    # RawDescriptionHelpFormatter keeps the examples' line breaks but would not wrap prose.
-    return textwrap.fill(text, width=90)
-
-
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.sub=value",
-        help="config values replacing the file's, e.g. train.epochs=3 optim.lr=1e-3",
-    )
+def _load_config(args: argparse.Namespace, overrides: Sequence[str]) -> ClassificationConfig:
+    """The config of --config, else the run's config.yaml beside --weights."""
+    return load_run_config(ClassificationConfig, args.config, getattr(args, "weights", None), overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a classifier from a config",
-        description=_paragraph(
+        description=paragraph(
             "Train with the config's data, model and recipe. The run folder (train.output_dir) gets "
             "config.yaml (the resolved config), checkpoints/, the metric logs and curves, "
             "confusion_matrix.png, per_class_accuracy.json, predictions.png and model.safetensors."
@@ -76,12 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run exactly (sets train.resume): a checkpoint folder, or 'latest' (also what "
              "--resume alone means) for the newest checkpoint in train.output_dir",
     )
-    _add_overrides(train)
+    add_overrides(train)
 
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate trained weights on the evaluation set",
-        description=_paragraph(
+        description=paragraph(
             "Evaluate exported weights on the config's evaluation set (test split, or the ImageFolder "
             "val tree) and write metrics.json, predictions.csv, confusion_matrix.png and "
             "per_class_accuracy.json to --output. Works under accelerate launch (every image counted once)."
@@ -101,12 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, default=None,
         help="folder for the result files; default: 'eval' beside the weights",
     )
-    _add_overrides(evaluate)
+    add_overrides(evaluate)
 
     predict = commands.add_parser(
         "predict",
         help="classify image files or folders",
-        description=_paragraph(
+        description=paragraph(
             "Print the predicted label and its probability for each image (folders are searched "
             "recursively), using the evaluation transform of the config the weights were trained with."
         ),
@@ -133,54 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_resume(args: argparse.Namespace) -> None:
-    """`--resume train.epochs=3` swallows the override as its value: give it back, resume 'latest'."""
-    value = args.resume
-    if value is not None and "=" in value and not Path(value).exists():
-        args.overrides = [value, *args.overrides]
-        args.resume = "latest"
-
-
-def _weights_file(weights: Path) -> Path:
-    """The weights file: as given, or `model.safetensors` inside a run folder."""
-    path = weights / WEIGHTS_FILE if weights.is_dir() else weights
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights file (give model.safetensors or the run folder holding it)")
-    return path
-
-
-def _load(args: argparse.Namespace, overrides: Sequence[str]):
-    """Load the config: --config, else the run's config.yaml beside --weights."""
-    from vit_classification.config import ClassificationConfig
-    from vit_training.config import ConfigError, load_config
-
-    path = args.config
-    if path is None:
-        weights = getattr(args, "weights", None)
-        if weights is None:
-            raise ConfigError("no --config given")
-        folder = weights if weights.is_dir() else weights.parent
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            raise ConfigError(f"no --config given and no {CONFIG_FILE} beside the weights in {folder}")
-    return load_config(ClassificationConfig, path, overrides)
-
-
 def _is_main_process() -> bool:
     from accelerate import PartialState
 
     return PartialState().is_main_process
-
-
-def _configure_logging() -> None:
-    """Show this project's INFO lines (checkpoint loading, head reset) on the first process only.
-
-    The rank comes from the launcher's environment: creating Accelerate's state here, before
-    `build_accelerator` chooses CPU or GPU, would fix the device setup too early.
-    """
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    logging.getLogger("vit_classification").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 def _format(metrics: dict[str, float]) -> str:
@@ -191,9 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vit_classification.task import ClassificationTask
     from vit_training.loop import fit
 
-    _split_resume(args)
-    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
-    config = _load(args, overrides)
+    overrides = train_overrides(args)
+    config = _load_config(args, overrides)
     task = ClassificationTask(config)
     result = fit(task, task.config)
     if _is_main_process():
@@ -211,8 +166,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vit_classification.task import ClassificationTask
     from vit_training.loop import build_accelerator, load_weights_for_inference
 
-    config = _load(args, args.overrides)
-    weights = _weights_file(args.weights)
+    config = _load_config(args, args.overrides)
+    weights = weights_file(args.weights)
     output_dir = args.output if args.output is not None else weights.parent / "eval"
     task = ClassificationTask(config)
     accelerator = build_accelerator(task.config.train)
@@ -245,8 +200,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vit_classification.task import predict_images, resolve_config
     from vit_training.loop import load_weights_for_inference
 
-    config = resolve_config(_load(args, args.overrides))
-    weights = _weights_file(args.weights)
+    config = resolve_config(_load_config(args, args.overrides))
+    weights = weights_file(args.weights)
     model = load_weights_for_inference(build_classifier(config.model, load_weights=False), weights)
     device = torch.device("cpu") if args.cpu else PartialState().device
     rows = predict_images(model, args.images, config, device, batch_size=args.batch_size)
@@ -264,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vit_training.config import ConfigError
 
-    _configure_logging()
+    configure_logging("vit_classification")
     try:
         if args.command == "train":
             return cmd_train(args)

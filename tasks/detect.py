@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask PyPI on import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never reach a hub from here
 
-CONFIG_FILE = "config.yaml"  # what `fit` saves in every run folder
-WEIGHTS_FILE = "model.safetensors"  # what `fit` exports in every run folder
+# After the environment above: the imports below read it.
+from vit_detection.config import DetectionConfig  # noqa: E402
+from vit_training.cli import (  # noqa: E402
+    CONFIG_FILE,
+    add_overrides,
+    configure_logging,
+    load_run_config,
+    paragraph,
+    train_overrides,
+    weights_file,
+)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 EXAMPLES = """\
@@ -38,15 +46,9 @@ e.g. optim.lr=2e-4 train.batch_size=8 model.num_queries=50.
 """
 
 
-def _paragraph(text: str) -> str:
-    return textwrap.fill(text, width=90)
-
-
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.sub=value",
-        help="config values replacing the file's, e.g. train.epochs=3 optim.lr=1e-4",
-    )
+def _load_config(args: argparse.Namespace, overrides: Sequence[str]) -> DetectionConfig:
+    """The config of --config, else the run's config.yaml beside --weights."""
+    return load_run_config(DetectionConfig, args.config, getattr(args, "weights", None), overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser(
         "prepare",
         help="write a demo data set as COCO JSON + images",
-        description=_paragraph(
+        description=paragraph(
             "Write demo data in the COCO layout users bring (images/ folders + annotations/instances_*.json): "
             "'scenes' composes Fashion-MNIST objects (Debian package dataset-fashion-mnist) on canvases with "
             "exact boxes; 'trees' tiles the real aerial images with hand-drawn tree boxes bundled in the "
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a detector from a config",
-        description=_paragraph(
+        description=paragraph(
             "Train with the config's data, model and recipe. The run folder (train.output_dir) gets "
             "config.yaml (the resolved config), checkpoints/, the metric logs and curves, coco_eval.txt, "
             "coco_results.json, overlays/ and model.safetensors."
@@ -94,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run exactly (sets train.resume): a checkpoint folder, or 'latest' (also what "
              "--resume alone means) for the newest checkpoint in train.output_dir",
     )
-    _add_overrides(train)
+    add_overrides(train)
 
     evaluate = commands.add_parser(
         "evaluate",
         help="COCO evaluation of trained weights",
-        description=_paragraph(
+        description=paragraph(
             "Evaluate exported weights on the config's validation split with pycocotools COCOeval (bbox), "
             "every query kept, and write metrics.json, coco_eval.txt and coco_results.json (the COCO "
             "submission format) to --output. Works under accelerate launch (every image counted once)."
@@ -112,12 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help=f"YAML config; default: the {CONFIG_FILE} saved beside the weights")
     evaluate.add_argument("--output", type=Path, default=None,
                           help="folder for the result files; default: 'eval' beside the weights")
-    _add_overrides(evaluate)
+    add_overrides(evaluate)
 
     predict = commands.add_parser(
         "predict",
         help="detect objects in image files or folders",
-        description=_paragraph(
+        description=paragraph(
             "Print the detections scoring at least eval.score_threshold for each image (folders are searched "
             "recursively), write every detection to detections.json and a PNG overlay per image to --output."
         ),
@@ -134,45 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.sub=value",
                          help="a config override (repeatable), e.g. --set eval.score_threshold=0.3")
     return parser
-
-
-def _split_resume(args: argparse.Namespace) -> None:
-    """`--resume train.epochs=3` swallows the override as its value: give it back, resume 'latest'."""
-    value = args.resume
-    if value is not None and "=" in value and not Path(value).exists():
-        args.overrides = [value, *args.overrides]
-        args.resume = "latest"
-
-
-def _weights_file(weights: Path) -> Path:
-    path = weights / WEIGHTS_FILE if weights.is_dir() else weights
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights file (give model.safetensors or the run folder holding it)")
-    return path
-
-
-def _load(args: argparse.Namespace, overrides: Sequence[str]):
-    """Load the config: --config, else the run's config.yaml beside --weights."""
-    from vit_detection.config import DetectionConfig
-    from vit_training.config import ConfigError, load_config
-
-    path = args.config
-    if path is None:
-        weights = getattr(args, "weights", None)
-        if weights is None:
-            raise ConfigError("no --config given")
-        folder = weights if weights.is_dir() else weights.parent
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            raise ConfigError(f"no --config given and no {CONFIG_FILE} beside the weights in {folder}")
-    return load_config(DetectionConfig, path, overrides)
-
-
-def _configure_logging() -> None:
-    """This project's INFO lines (COCOeval table, weight loading) on the first process only."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    logging.getLogger("vit_detection").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 def _list_images(paths: Sequence[Path]) -> list[Path]:
@@ -215,9 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vit_detection.task import DetectionTask
     from vit_training.loop import fit
 
-    _split_resume(args)
-    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
-    task = DetectionTask(_load(args, overrides))
+    overrides = train_overrides(args)
+    task = DetectionTask(_load_config(args, overrides))
     result = fit(task, task.config)
     if PartialState().is_main_process:
         print(f"run folder: {result.output_dir}")
@@ -233,8 +195,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vit_detection.task import DetectionTask, build_detector
     from vit_training.loop import build_accelerator, load_weights_for_inference
 
-    task = DetectionTask(_load(args, args.overrides))
-    weights = _weights_file(args.weights)
+    task = DetectionTask(_load_config(args, args.overrides))
+    weights = weights_file(args.weights)
     output_dir = args.output if args.output is not None else weights.parent / "eval"
     accelerator = build_accelerator(task.config.train)
     model = load_weights_for_inference(build_detector(task.config.model, load_weights=False), weights)
@@ -263,8 +225,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vit_detection.task import build_detector, predict_images, resolve_config, write_predictions_json
     from vit_training.loop import load_weights_for_inference
 
-    config = resolve_config(_load(args, args.overrides))
-    weights = _weights_file(args.weights)
+    config = resolve_config(_load_config(args, args.overrides))
+    weights = weights_file(args.weights)
     model = load_weights_for_inference(build_detector(config.model, load_weights=False), weights)
     device = torch.device("cpu") if args.cpu else PartialState().device
     rows = predict_images(model, _list_images(args.images), config, device, output_dir=args.output)
@@ -285,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vit_training.config import ConfigError
 
-    _configure_logging()
+    configure_logging("vit_detection")
     commands = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         return commands[args.command](args)

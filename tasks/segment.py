@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would ask PyPI on import
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never reach a hub from here
 
-CONFIG_FILE = "config.yaml"  # what `fit` saves in every run folder
-WEIGHTS_FILE = "model.safetensors"  # what `fit` exports in every run folder
+# After the environment above: the imports below read it.
+from vit_segmentation.config import SegmentationConfig  # noqa: E402
+from vit_training.cli import (  # noqa: E402
+    CONFIG_FILE,
+    add_overrides,
+    configure_logging,
+    load_run_config,
+    paragraph,
+    train_overrides,
+    weights_file,
+)
+
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -39,18 +47,6 @@ e.g. optim.lr=5e-4 train.batch_size=8 data.input_size=[224,96] eval.metric_mode=
 """
 
 
-def _paragraph(text: str) -> str:
-    # RawDescriptionHelpFormatter keeps the examples' line breaks but would not wrap prose.
-    return textwrap.fill(text, width=90)
-
-
-def _add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.sub=value",
-        help="config values replacing the file's, e.g. train.epochs=3 optim.lr=1e-3",
-    )
-
-
 def _add_weights_and_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weights", required=True, type=Path,
@@ -60,6 +56,11 @@ def _add_weights_and_config(parser: argparse.ArgumentParser) -> None:
         "--config", type=Path, default=None,
         help=f"YAML config; default: the {CONFIG_FILE} saved beside the weights",
     )
+
+
+def _load_config(args: argparse.Namespace, overrides: Sequence[str]) -> SegmentationConfig:
+    """The config of --config, else the run's config.yaml beside --weights."""
+    return load_run_config(SegmentationConfig, args.config, getattr(args, "weights", None), overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser(
         "prepare",
         help="write the MRI-lobe demo data set (Synapse and NIfTI layouts)",
-        description=_paragraph(
+        description=paragraph(
             "Build the demo data set from the Debian package mricron-data (apt-get install -y mricron-data): "
             "the ch2 T1 MRI and the AAL atlas grouped into 8 lobes (9 classes with background). One "
             "hemisphere becomes training slices (train_npz/), the other the test volume (test_vol_h5/), "
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a segmenter from a config",
-        description=_paragraph(
+        description=paragraph(
             "Train on the config's slices and evaluate on its volumes. The run folder (train.output_dir) "
             "gets config.yaml (the resolved config), checkpoints/, the metric logs and curves, "
             "per_case_<mode>.csv, summary.txt, overlays.png and model.safetensors."
@@ -108,12 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run exactly (sets train.resume): a checkpoint folder, or 'latest' (also what "
              "--resume alone means) for the newest checkpoint in train.output_dir",
     )
-    _add_overrides(train)
+    add_overrides(train)
 
     evaluate = commands.add_parser(
         "evaluate",
         help="evaluate trained weights on the evaluation volumes",
-        description=_paragraph(
+        description=paragraph(
             "Predict every evaluation volume slice by slice (TransUNet's procedure) and write "
             "per_case_<mode>.csv (per-class Dice and HD95 of every case), summary.txt (the tables) and "
             "metrics.json to --output. eval.metric_mode chooses the reported convention: 'transunet' "
@@ -127,12 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights_and_config(evaluate)
     evaluate.add_argument("--output", type=Path, default=None,
                           help="folder for the result files; default: 'eval' beside the weights")
-    _add_overrides(evaluate)
+    add_overrides(evaluate)
 
     predict = commands.add_parser(
         "predict",
         help="segment NIfTI volumes or PNG/JPEG slices",
-        description=_paragraph(
+        description=paragraph(
             "Segment each input with the config the weights were trained with. A NIfTI file (.nii, "
             ".nii.gz) is normalised as data.modality says (CT window or MR percentiles), sliced along "
             "data.axis and written back as <name>_labels.nii.gz with the input's affine. A PNG/JPEG image "
@@ -156,50 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_resume(args: argparse.Namespace) -> None:
-    """`--resume train.epochs=3` swallows the override as its value: give it back, resume 'latest'."""
-    value = args.resume
-    if value is not None and "=" in value and not Path(value).exists():
-        args.overrides = [value, *args.overrides]
-        args.resume = "latest"
-
-
-def _weights_file(weights: Path) -> Path:
-    """The weights file: as given, or `model.safetensors` inside a run folder."""
-    path = weights / WEIGHTS_FILE if weights.is_dir() else weights
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no weights file (give model.safetensors or the run folder holding it)")
-    return path
-
-
-def _load(args: argparse.Namespace, overrides: Sequence[str]):
-    """Load the config: --config, else the run's config.yaml beside --weights."""
-    from vit_segmentation.config import SegmentationConfig
-    from vit_training.config import ConfigError, load_config
-
-    path = args.config
-    if path is None:
-        weights = getattr(args, "weights", None)
-        if weights is None:
-            raise ConfigError("no --config given")
-        folder = weights if weights.is_dir() else weights.parent
-        path = folder / CONFIG_FILE
-        if not path.is_file():
-            raise ConfigError(f"no --config given and no {CONFIG_FILE} beside the weights in {folder}")
-    return load_config(SegmentationConfig, path, overrides)
-
-
-def _configure_logging() -> None:
-    """This project's INFO lines (weights loaded, evaluation tables) on the first process only.
-
-    The rank comes from the launcher's environment: creating Accelerate's state here, before
-    `build_accelerator` chooses CPU or GPU, would fix the device setup too early.
-    """
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    main_process = int(os.environ.get("RANK", "0")) == 0
-    logging.getLogger("vit_segmentation").setLevel(logging.INFO if main_process else logging.WARNING)
-
-
 def _headline(metrics: dict[str, float]) -> str:
     return f"mean Dice {metrics['mean_dice'] * 100:.2f}%  mean HD95 {metrics['mean_hd95']:.2f}"
 
@@ -220,9 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from vit_segmentation.task import SegmentationTask
     from vit_training.loop import fit
 
-    _split_resume(args)
-    overrides = list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
-    task = SegmentationTask(_load(args, overrides))
+    overrides = train_overrides(args)
+    task = SegmentationTask(_load_config(args, overrides))
     result = fit(task, task.config)
     if PartialState().is_main_process:
         print(f"run folder: {result.output_dir}")
@@ -240,8 +196,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vit_segmentation.task import SUMMARY_FILE, SegmentationTask
     from vit_training.loop import build_accelerator, load_weights_for_inference
 
-    weights = _weights_file(args.weights)
-    task = SegmentationTask(_load(args, args.overrides))
+    weights = weights_file(args.weights)
+    task = SegmentationTask(_load_config(args, args.overrides))
     output_dir = args.output if args.output is not None else weights.parent / "eval"
     accelerator = build_accelerator(task.config.train)
     model = load_weights_for_inference(build_transunet(task.config.model, task.num_classes, load_weights=False),
@@ -312,9 +268,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from vit_segmentation.task import overlay_slice_indices, predict_volume, resolve_config, save_overlays
     from vit_training.loop import load_weights_for_inference
 
-    config = resolve_config(_load(args, args.overrides))
+    config = resolve_config(_load_config(args, args.overrides))
     kinds = [_input_kind(path) for path in args.inputs]  # fail before loading anything
-    weights = _weights_file(args.weights)
+    weights = weights_file(args.weights)
     model = load_weights_for_inference(build_transunet(config.model, config.data.num_classes, load_weights=False),
                                        weights)
     device = torch.device("cpu") if args.cpu else PartialState().device
@@ -351,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from vit_training.config import ConfigError
 
-    _configure_logging()
+    configure_logging("vit_segmentation")
     commands = {"prepare": cmd_prepare, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
     try:
         return commands[args.command](args)
