@@ -325,6 +325,45 @@ def test_denoising_terms_use_the_fixed_matching() -> None:
         assert losses[f"loss_giou{suffix}"].item() == pytest.approx(giou / (5.0 * groups), rel=1e-5)
 
 
+def test_encoder_proposal_terms_ignore_padding_cells() -> None:
+    targets = random_targets([2, 3, 0])
+    outputs = random_outputs(3, 4)
+    outputs["enc_outputs"] = random_outputs(3, 7)
+    valid = torch.ones(3, 7, dtype=torch.bool)
+    valid[0, 5:] = False  # padding cells: a bottom/right image edge in the flattened grid
+    valid[1, 4:] = False
+    outputs["enc_outputs"]["pred_valid"] = valid
+    # Padding cells that would be the best match for every target, and are sure of a class:
+    # they must neither be matched nor counted.
+    outputs["enc_outputs"]["pred_boxes"][1, 4:7] = targets[1]["boxes"]
+    outputs["enc_outputs"]["pred_logits"][1, 4:7] = 0.0
+    outputs["enc_outputs"]["pred_logits"][1, 4:7, 0] = 50.0
+    losses = SetCriterion(NUM_CLASSES, HungarianMatcher(), eos_coef=0.1)(outputs, targets, num_boxes=5.0)
+
+    ce_num = ce_den = l1 = giou = card = 0.0
+    for image, target in enumerate(targets):
+        keep = valid[image]
+        logits = outputs["enc_outputs"]["pred_logits"][image][keep].double()
+        boxes = outputs["enc_outputs"]["pred_boxes"][image][keep].double()
+        _, assignment = brute_force_match(ref_cost(logits, boxes, target))
+        log_prob = logits.log_softmax(-1)
+        for q in range(len(logits)):
+            cls = int(target["labels"][assignment[q]]) if q in assignment else NUM_CLASSES
+            weight = 0.1 if cls == NUM_CLASSES else 1.0
+            ce_num, ce_den = ce_num - weight * log_prob[q, cls].item(), ce_den + weight
+            if q in assignment:
+                pred, tgt = boxes[q].tolist(), target["boxes"][assignment[q]].double().tolist()
+                l1 += sum(abs(p - g) for p, g in zip(pred, tgt, strict=True))
+                giou += 1 - ref_giou(pred, tgt)
+        card += abs(sum(int(int(row.argmax()) != NUM_CLASSES) for row in logits) - len(target["labels"])) / 3
+    assert losses["loss_ce_enc"].item() == pytest.approx(ce_num / ce_den, rel=1e-5)
+    assert losses["loss_bbox_enc"].item() == pytest.approx(l1 / 5.0, rel=1e-5)
+    assert losses["loss_giou_enc"].item() == pytest.approx(giou / 5.0, rel=1e-5)
+    assert losses["cardinality_error_enc"].item() == pytest.approx(card, rel=1e-5)
+    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher())
+    assert criterion.weight_of("loss_bbox_enc") == 5.0 and criterion.weight_of("cardinality_error_enc") is None
+
+
 # ---------------------------------------------------------------------- post-processing
 def test_postprocess_scores_labels_and_original_pixel_boxes() -> None:
     outputs = random_outputs(2, 4)

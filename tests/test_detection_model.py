@@ -173,9 +173,9 @@ def test_simple_fpn_strides_come_from_the_backbone_specs() -> None:
 
 
 @pytest.mark.parametrize("neck", ["single", "simple_fpn"])
-@pytest.mark.parametrize("query_type", ["learned", "anchor"])
-def test_padding_does_not_change_predictions(neck: str, query_type: str) -> None:
-    model = tiny_detr(neck=neck, query_type=query_type, enc_layers=2).eval()
+@pytest.mark.parametrize(("query_type", "two_stage"), [("learned", False), ("anchor", False), ("anchor", True)])
+def test_padding_does_not_change_predictions(neck: str, query_type: str, two_stage: bool) -> None:
+    model = tiny_detr(neck=neck, query_type=query_type, two_stage=two_stage, enc_layers=2).eval()
     image = torch.randn(3, 20, 28)  # a 5 x 7 token grid: odd, so pooling meets the border
     canvas, mask = pad_into(image, 36, 44)
     with torch.no_grad():
@@ -197,7 +197,38 @@ def test_backbone_feature_from_a_block_trims_unused_parts() -> None:
         DETR(tiny_vit(), NUM_CLASSES, backbone_feature="stem")
 
 
+def test_two_stage_queries_are_the_best_encoder_proposals() -> None:
+    model = tiny_detr(query_type="anchor", two_stage=True, dn_groups=2, dropout=0.0)
+    images = torch.randn(2, 3, 16, 24)
+    mask = torch.zeros(2, 16, 24, dtype=torch.bool)
+    mask[1, :, 16:] = True  # image 1 is 16 x 16: its last 2 of 6 token columns are padding
+    outputs = model(images, mask, targets=sample_targets())
+    enc = outputs["enc_outputs"]
+    assert enc["pred_logits"].shape == (2, 24, NUM_CLASSES + 1) and enc["pred_boxes"].shape == (2, 24, 4)
+    assert enc["pred_valid"].sum(1).tolist() == [24, 16]
+    # Proposals start as the cells' reference boxes (zero-initialised corrections): cell (0, 0)
+    # of image 1 is centred at half a cell of its own 4 x 4 valid grid and two cells wide.
+    torch.testing.assert_close(enc["pred_boxes"][1, 0], torch.tensor([0.125, 0.125, 0.5, 0.5]))
+    # Layer 0 of the decoder predicts its anchors unchanged: they are proposals of valid cells
+    # with the highest object scores.
+    scores = enc["pred_logits"].softmax(-1)[..., :-1].amax(-1).masked_fill(~enc["pred_valid"], -1)
+    for image in range(2):
+        chosen = outputs["aux_outputs"][0]["pred_boxes"][image]
+        best = enc["pred_boxes"][image][scores[image].topk(8).indices]
+        torch.testing.assert_close(chosen, best)
+    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher())
+    losses = criterion(outputs, sample_targets())
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
+    criterion.total(losses).backward()
+    # Every parameter takes part in the loss (DDP needs it), the encoder heads included.
+    assert [name for name, p in model.named_parameters() if p.grad is None] == []
+    with pytest.raises(ValueError, match="only 4 valid cells"):
+        model(torch.randn(1, 3, 8, 8))
+
+
 def test_bad_options_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="two_stage=True .* needs query_type='anchor'"):
+        tiny_detr(two_stage=True)
     with pytest.raises(ValueError, match="needs query_type='anchor'"):
         tiny_detr(dn_groups=2)
     with pytest.raises(ValueError, match="neck='fpn'"):
@@ -239,9 +270,10 @@ def test_denoising_queries_only_in_training_and_invisible_to_matching_queries() 
 
 
 # ---------------------------------------------------------------------- training
-@pytest.mark.parametrize(("query_type", "dn_groups"), [("learned", 0), ("anchor", 2)])
-def test_tiny_overfit_makes_the_loss_fall(query_type: str, dn_groups: int) -> None:
-    model = tiny_detr(query_type=query_type, dn_groups=dn_groups, dropout=0.0)
+@pytest.mark.parametrize(("query_type", "dn_groups", "two_stage"),
+                         [("learned", 0, False), ("anchor", 2, False), ("anchor", 2, True)])
+def test_tiny_overfit_makes_the_loss_fall(query_type: str, dn_groups: int, two_stage: bool) -> None:
+    model = tiny_detr(query_type=query_type, dn_groups=dn_groups, two_stage=two_stage, dropout=0.0)
     criterion = SetCriterion(NUM_CLASSES, HungarianMatcher())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.randn(2, 3, 16, 16)

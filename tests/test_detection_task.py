@@ -99,6 +99,8 @@ def test_missing_annotations_name_the_file_and_the_prepare_command(tmp_path: Pat
 def test_config_errors_name_the_field(coco_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dn_groups=2 needs query_type='anchor'"):
         tiny_config(coco_root, tmp_path, "model.query_type=learned", "model.dn_groups=2")
+    with pytest.raises(ConfigError, match="two_stage=true needs query_type='anchor'"):
+        tiny_config(coco_root, tmp_path, "model.query_type=learned", "model.dn_groups=0", "model.two_stage=true")
     with pytest.raises(ConfigError, match="max_dets=5 must be > 10"):
         tiny_config(coco_root, tmp_path, "eval.max_dets=5")
     with pytest.raises(ConfigError, match="unknown key 'model.num_querys'.*did you mean 'num_queries'"):

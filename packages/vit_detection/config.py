@@ -58,6 +58,9 @@ class DetectionModelConfig:
         aux_loss: losses on every decoder layer's predictions (DETR's default).
         query_type: ``"learned"`` (DETR's learned query embeddings) or ``"anchor"`` (DAB-DETR's
             learned 4-D anchor boxes refined layer by layer: converges much faster).
+        two_stage: anchors and content of the Q queries from the Q best encoder-cell proposals
+            (Deformable DETR two-stage / DINO query selection), trained with their own matched
+            loss; the learned anchors are not used. Needs ``query_type: anchor``.
         dn_groups: groups of denoising queries (DN-DETR: noised copies of the ground-truth boxes
             and labels, reconstructed with their own loss; training only); 0 turns denoising
             off. Needs ``query_type: anchor``.
@@ -88,6 +91,7 @@ class DetectionModelConfig:
     pre_norm: bool = False
     aux_loss: bool = True
     query_type: QueryKind = "learned"
+    two_stage: bool = False
     dn_groups: int = 0
     dn_label_noise: float = 0.2
     dn_box_noise: float = 0.4
@@ -113,6 +117,10 @@ class DetectionModelConfig:
         _check(
             self.dn_groups == 0 or self.query_type == "anchor",
             f"dn_groups={self.dn_groups} needs query_type='anchor' (denoising queries are noised boxes)",
+        )
+        _check(
+            not self.two_stage or self.query_type == "anchor",
+            "two_stage=true needs query_type='anchor' (the proposals become anchor boxes)",
         )
         _check(0 <= self.dn_label_noise <= 1, f"dn_label_noise={self.dn_label_noise} must lie in [0, 1]")
         _check(self.dn_box_noise >= 0, f"dn_box_noise={self.dn_box_noise} must be >= 0")

@@ -17,7 +17,9 @@ re-matched on its own predictions; Carion et al. 2020, sec. 3.2):
 
 Layer l < L - 1 gets the suffix ``_l`` (``loss_ce_0`` ...). Denoising queries (DN-DETR; present
 when the model was trained with them) get the same three terms with the suffix ``_dn`` (and
-``_dn_l`` for earlier layers); their matching is known by construction.
+``_dn_l`` for earlier layers); their matching is known by construction. Two-stage encoder
+proposals (present when the model has ``two_stage``) get the three terms with the suffix
+``_enc``, matched on their own and with padding cells ignored (neither matched nor classified).
 
 `num_boxes` is the number of target boxes per process averaged over the whole distributed
 batch: every rank sums its boxes, the sums are all-reduced once and divided by the world size.
@@ -140,7 +142,7 @@ class SetCriterion(nn.Module):
     def weight_of(self, key: str) -> float | None:
         """The `total` weight of a loss key, or None when the key is only logged."""
         candidates = [key, _LAYER_SUFFIX.sub("", key)]
-        candidates.append(candidates[-1].removesuffix("_dn"))
+        candidates.append(candidates[-1].removesuffix("_dn").removesuffix("_enc"))
         for candidate in candidates:
             if candidate in self.weight_dict:
                 return self.weight_dict[candidate]
@@ -162,8 +164,9 @@ class SetCriterion(nn.Module):
         Args:
             outputs: the model's dict: "pred_logits" (B, Q, C + 1), "pred_boxes" (B, Q, 4)
                 sigmoid cxcywh normalised by each image's unpadded size, optionally
-                "aux_outputs" (list of dicts with the same keys, one per earlier decoder layer)
-                and "dn_outputs" / "dn_meta" (denoising queries, see `DETR`).
+                "aux_outputs" (list of dicts with the same keys, one per earlier decoder layer),
+                "dn_outputs" / "dn_meta" (denoising queries) and "enc_outputs" (two-stage
+                proposals with "pred_valid"), see `DETR`.
             targets: B dicts with "labels" int64 (T_b,) in 0..C-1 and "boxes" (T_b, 4)
                 normalised cxcywh; "image_id", when present, is named in errors.
             num_boxes: the box-loss normaliser; None computes it with `global_num_boxes`
@@ -172,7 +175,8 @@ class SetCriterion(nn.Module):
         Returns:
             0-dim tensors: "loss_ce", "loss_bbox", "loss_giou" (with gradients),
             "cardinality_error", "class_error" (detached), the same per auxiliary layer with
-            suffix ``_0`` .. ``_{L-2}`` (no class_error), and the denoising terms when present.
+            suffix ``_0`` .. ``_{L-2}`` (no class_error), and the denoising and encoder terms
+            when present.
         """
         logits, boxes = _stack_layers(outputs, self.aux_loss)
         device = logits.device
@@ -202,6 +206,16 @@ class SetCriterion(nn.Module):
                 num_boxes * meta["num_groups"], no_object=False,
             )
             losses.update(_name_layers(dn_per_layer, suffix="_dn"))
+
+        if "enc_outputs" in outputs:
+            enc = outputs["enc_outputs"]
+            enc_logits, enc_boxes = enc["pred_logits"][None], enc["pred_boxes"][None]
+            valid = enc.get("pred_valid")
+            valid = None if valid is None else valid[None].to(device)
+            enc_indices = self.matcher.match_layers(enc_logits, enc_boxes, matched_targets, valid=valid)
+            enc_losses = self._layer_losses(enc_logits, enc_boxes, enc_indices, labels, tgt_boxes, num_boxes,
+                                            no_object=True, valid=valid)
+            losses.update(_name_layers(enc_losses, suffix="_enc"))
         return losses
 
     def _layer_losses(
@@ -213,6 +227,7 @@ class SetCriterion(nn.Module):
         tgt_boxes: list[torch.Tensor],
         num_boxes: float,
         no_object: bool,
+        valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Per-layer losses, all layers in one batched pass.
 
@@ -223,6 +238,8 @@ class SetCriterion(nn.Module):
             num_boxes: normaliser of the box terms.
             no_object: True: unmatched queries are "no object" (weighted by eos_coef), and the
                 cardinality error is reported. False (denoising): unmatched queries are ignored.
+            valid: optional (L, B, Q) bool; predictions where it is False are left out of the
+                class loss and the cardinality (padding cells of two-stage proposals).
 
         Returns:
             name -> (L,) tensor.
@@ -254,6 +271,8 @@ class SetCriterion(nn.Module):
             fill = self.num_classes if no_object else -100
             target_classes = torch.full((num_layers, batch, num_queries), fill, dtype=torch.int64, device=device)
             target_classes[layer_idx, image_idx, pred_idx] = all_labels[tgt_idx]
+            if valid is not None:
+                target_classes = target_classes.masked_fill(~valid, -100)
             flat_targets = target_classes.flatten()
             nll = F.cross_entropy(
                 logits.float().flatten(0, 2), flat_targets, weight=class_weight, reduction="none"
@@ -272,7 +291,10 @@ class SetCriterion(nn.Module):
         losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         if no_object:
             with torch.no_grad():
-                predicted = (logits.argmax(-1) != num_logits - 1).sum(-1).float()  # (L, B)
+                positive = logits.argmax(-1) != num_logits - 1  # (L, B, Q)
+                if valid is not None:
+                    positive &= valid
+                predicted = positive.sum(-1).float()  # (L, B)
                 counts = torch.tensor([float(len(lab)) for lab in labels], device=device)
                 losses["cardinality_error"] = (predicted - counts).abs().mean(-1)
         return losses

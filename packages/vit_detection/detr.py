@@ -5,6 +5,7 @@
       -> neck: one level (DETR) or a simple feature pyramid (ViTDet), d channels each
       -> encoder over all levels' cells (+ sine positions, + level embedding)
       -> decoder: Q learned object queries (DETR) or Q anchor boxes refined per layer (DAB-DETR),
+         optionally the Q best proposals of the encoder cells (two-stage query selection),
          plus, in training, denoising queries built from the targets (DN-DETR)
       -> class logits (B, Q, C + 1) and boxes (B, Q, 4) per decoder layer
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ from .transformer import (
     TransformerEncoderLayer,
 )
 
-__all__ = ["DETR", "NeckKind", "QueryKind", "build_denoising_queries", "token_padding"]
+__all__ = ["DETR", "Encoded", "NeckKind", "QueryKind", "build_denoising_queries", "cell_boxes", "token_padding"]
 
 NeckKind = Literal["single", "simple_fpn"]
 QueryKind = Literal["learned", "anchor"]
@@ -85,6 +86,51 @@ def token_padding(pad_mask: torch.Tensor, patch_size: int) -> tuple[torch.Tensor
         )
     grids = [(int(h), int(w)) for h, w in zip(heights.tolist(), widths.tolist(), strict=True)]
     return ~valid, grids
+
+
+def cell_boxes(level_mask: torch.Tensor, cells_wide: float = 2.0) -> torch.Tensor:
+    """One reference box per cell of a feature level, normalised by each image's valid extent.
+
+    The two-stage proposals are predicted as corrections of these boxes: the box of cell (i, j)
+    is centred on the cell and `cells_wide` cells wide and high, so every level proposes boxes
+    at its own scale (Deformable DETR's two-stage uses the same idea with a fixed size per level).
+
+    Args:
+        level_mask: (B, h, w) bool, True on padding cells (padding is bottom/right).
+        cells_wide: side of the reference box in cells.
+
+    Returns:
+        (B, h * w, 4) float32 cxcywh in (0, 1), row-major like the flattened level. Padding
+        cells (outside the valid extent) are clamped to just inside (0, 1); they must be
+        masked by the caller.
+    """
+    batch, height, width = level_mask.shape
+    valid_h = (~level_mask[:, :, 0]).sum(1).clamp(min=1).float()  # (B,)
+    valid_w = (~level_mask[:, 0, :]).sum(1).clamp(min=1).float()
+    rows = torch.arange(height, device=level_mask.device, dtype=torch.float32) + 0.5
+    cols = torch.arange(width, device=level_mask.device, dtype=torch.float32) + 0.5
+    cy = (rows[None, :, None] / valid_h[:, None, None]).expand(batch, height, width)
+    cx = (cols[None, None, :] / valid_w[:, None, None]).expand(batch, height, width)
+    w = (cells_wide / valid_w)[:, None, None].expand(batch, height, width)
+    h = (cells_wide / valid_h)[:, None, None].expand(batch, height, width)
+    eps = 1e-4  # keeps inverse_sigmoid finite
+    return torch.stack([cx, cy, w, h], dim=-1).flatten(1, 2).clamp(eps, 1 - eps)
+
+
+class Encoded(NamedTuple):
+    """What the encoder gives the decoder.
+
+    Attributes:
+        memory: (B, S, d) encoder outputs over all neck levels' cells.
+        pos: (B, S, d) their positional encodings.
+        mask: (B, S) bool, True on padding cells.
+        cells: (B, S, 4) cxcywh reference box of every cell (`cell_boxes`), for two-stage proposals.
+    """
+
+    memory: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor
+    cells: torch.Tensor
 
 
 def build_denoising_queries(
@@ -187,6 +233,13 @@ class DETR(nn.Module):
         fpn_scale_factors: levels of the simple feature pyramid, relative to the backbone map.
         query_type: ``"learned"`` (DETR object queries) or ``"anchor"`` (DAB-DETR anchors with
             conditional cross-attention; see `transformer.AnchorDecoder`).
+        two_stage: take the Q anchors (and their content) from the encoder instead of learning
+            them: every encoder cell predicts a class and a box around itself, trained with its
+            own matched loss ("enc_outputs"), and the Q cells with the highest object score give
+            the decoder's initial anchors and content (Deformable DETR's two-stage, DINO's query
+            selection; content from the selected features as in RT-DETR). The decoder then starts
+            from boxes that already sit on objects instead of learning where objects usually
+            are. Needs ``query_type="anchor"`` and at least Q valid cells per image.
         dn_groups: denoising groups in training (0 = off; needs ``query_type="anchor"``).
         dn_label_noise: probability of flipping a denoising query's label.
         dn_box_noise: box jitter scale of the denoising queries.
@@ -210,6 +263,7 @@ class DETR(nn.Module):
         backbone_feature: str = "norm",
         fpn_scale_factors: Sequence[float] = (2.0, 1.0, 0.5),
         query_type: QueryKind = "learned",
+        two_stage: bool = False,
         dn_groups: int = 0,
         dn_label_noise: float = 0.2,
         dn_box_noise: float = 0.4,
@@ -226,6 +280,8 @@ class DETR(nn.Module):
             raise ValueError(f"dn_groups must be >= 0, got {dn_groups}")
         if dn_groups and query_type != "anchor":
             raise ValueError("dn_groups > 0 (denoising queries) needs query_type='anchor'")
+        if two_stage and query_type != "anchor":
+            raise ValueError("two_stage=True (encoder proposals as anchors) needs query_type='anchor'")
         if dec_layers < 1 or enc_layers < 0 or num_queries < 1:
             raise ValueError(
                 f"need dec_layers >= 1, enc_layers >= 0, num_queries >= 1; got {dec_layers}, {enc_layers}, {num_queries}"
@@ -244,6 +300,7 @@ class DETR(nn.Module):
         self.hidden_dim = hidden_dim
         self.aux_loss = aux_loss
         self.query_type = query_type
+        self.two_stage = two_stage
         self.dn_groups = dn_groups
         self.dn_label_noise = dn_label_noise
         self.dn_box_noise = dn_box_noise
@@ -275,8 +332,15 @@ class DETR(nn.Module):
             self.query_embed = nn.Embedding(num_queries, hidden_dim)
         else:
             self.decoder = AnchorDecoder(AnchorDecoderLayer(*layer_args), dec_layers, hidden_dim)
-            # Anchors are stored as logits: sigmoid keeps them in (0, 1) whatever the optimiser does.
-            self.anchor_embed = nn.Embedding(num_queries, 4)
+            if two_stage:
+                # Per-cell proposal heads on a projection of the memory (as Deformable DETR's
+                # `enc_output`): the memory also feeds cross-attention, the projection need not.
+                self.enc_output = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim))
+                self.enc_class_head = nn.Linear(hidden_dim, num_classes + 1)
+                self.enc_box_head = MLP(hidden_dim, hidden_dim, 4, 3)
+            else:
+                # Anchors are stored as logits: sigmoid keeps them in (0, 1) whatever the optimiser does.
+                self.anchor_embed = nn.Embedding(num_queries, 4)
             # Row C is the content of every matching query ("unknown class"); rows 0..C-1 give
             # the content of denoising queries from their (noised) labels.
             self.label_embed = nn.Embedding(num_classes + 1, hidden_dim)
@@ -305,10 +369,15 @@ class DETR(nn.Module):
             # Start each refinement at zero: layer 0 predicts the anchors themselves.
             nn.init.zeros_(self.box_head.layers[-1].weight)
             nn.init.zeros_(self.box_head.layers[-1].bias)
-            # Anchor centres spread uniformly over the image, sizes 0.1-0.3 of it.
-            centres = torch.rand(self.num_queries, 2)
-            sizes = 0.1 + 0.2 * torch.rand(self.num_queries, 2)
-            self.anchor_embed.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], dim=1)))
+            if self.two_stage:
+                # Likewise the proposals start as the cells' reference boxes.
+                nn.init.zeros_(self.enc_box_head.layers[-1].weight)
+                nn.init.zeros_(self.enc_box_head.layers[-1].bias)
+            else:
+                # Anchor centres spread uniformly over the image, sizes 0.1-0.3 of it.
+                centres = torch.rand(self.num_queries, 2)
+                sizes = 0.1 + 0.2 * torch.rand(self.num_queries, 2)
+                self.anchor_embed.weight.copy_(inverse_sigmoid(torch.cat([centres, sizes], dim=1)))
 
     # ------------------------------------------------------------------ encode
     def _backbone_map(self, images: torch.Tensor, valid_grids: list[tuple[int, int]] | None) -> torch.Tensor:
@@ -318,8 +387,7 @@ class DETR(nn.Module):
         index = int(self.backbone_feature.split(".")[1])
         return self.backbone.forward_intermediates(images, [index], valid_grids=valid_grids)[0]
 
-    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None) -> Encoded:
         """Backbone, neck and encoder.
 
         Args:
@@ -327,8 +395,8 @@ class DETR(nn.Module):
             pad_mask: (B, H, W) bool, True on padding pixels; None when nothing is padded.
 
         Returns:
-            memory (B, S, d), its positional encoding (B, S, d) and padding mask (B, S) (True
-            on padding), S = cells of all neck levels.
+            `Encoded`: memory (B, S, d), its positional encoding (B, S, d), padding mask (B, S)
+            (True on padding) and the cells' reference boxes (B, S, 4); S = cells of all neck levels.
         """
         patch = self.backbone.patch_size
         if pad_mask is None:
@@ -347,7 +415,7 @@ class DETR(nn.Module):
                 valid_grids = None  # nothing padded at token level: the batched fast path
         feature = self._backbone_map(images, valid_grids)
 
-        sources, positions, masks = [], [], []
+        sources, positions, masks, cells = [], [], [], []
         for level, (level_map, level_mask) in enumerate(self.neck(feature, token_pad)):
             pos = self.position_encoding(level_mask).to(level_map.dtype).flatten(2).transpose(1, 2)
             if self.level_embed is not None:
@@ -355,8 +423,9 @@ class DETR(nn.Module):
             sources.append(level_map.flatten(2).transpose(1, 2))
             positions.append(pos)
             masks.append(level_mask.flatten(1))
+            cells.append(cell_boxes(level_mask))
         src, pos, mask = torch.cat(sources, 1), torch.cat(positions, 1), torch.cat(masks, 1)
-        return self.encoder(src, pos, mask), pos, mask
+        return Encoded(self.encoder(src, pos, mask), pos, mask, torch.cat(cells, 1))
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -378,9 +447,11 @@ class DETR(nn.Module):
             image's unpadded size, "aux_outputs" (with `aux_loss`: a list of L - 1 dicts with the
             same keys, first decoder layer first) and, when denoising queries were used,
             "dn_outputs" (same layout, (B, G * M, ...)) and "dn_meta" {"num_groups": G,
-            "group_size": M} for `SetCriterion`.
+            "group_size": M} for `SetCriterion`. With `two_stage`, also "enc_outputs": the
+            proposals of all S encoder cells, "pred_logits" (B, S, C + 1), "pred_boxes" (B, S, 4)
+            and "pred_valid" (B, S) bool (False on padding cells, which the loss ignores).
         """
-        memory, memory_pos, memory_mask = self.encode(images, pad_mask)
+        memory, memory_pos, memory_mask, cells = self.encode(images, pad_mask)
         batch = images.shape[0]
         if self.query_type == "learned":
             query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
@@ -388,8 +459,12 @@ class DETR(nn.Module):
             logits, boxes = self.class_head(hidden), self.box_head(hidden).sigmoid()
             return self._pack(logits, boxes)
 
-        anchors = self.anchor_embed.weight.sigmoid()[None].expand(batch, -1, -1)
-        content = self.label_embed.weight[self.num_classes].expand(batch, self.num_queries, -1)
+        enc_outputs = None
+        if self.two_stage:
+            anchors, content, enc_outputs = self._select_proposals(memory, memory_mask, cells)
+        else:
+            anchors = self.anchor_embed.weight.sigmoid()[None].expand(batch, -1, -1)
+            content = self.label_embed.weight[self.num_classes].expand(batch, self.num_queries, -1)
         attn_mask, num_dn, group_size = None, 0, 0
         if self.training and self.dn_groups and targets is not None:
             dn_labels, dn_boxes, dn_valid, group_size = build_denoising_queries(
@@ -408,7 +483,41 @@ class DETR(nn.Module):
         if num_dn:
             outputs["dn_outputs"] = self._pack(logits[:, :, :num_dn], boxes[:, :, :num_dn])
             outputs["dn_meta"] = {"num_groups": self.dn_groups, "group_size": group_size}
+        if enc_outputs is not None:
+            outputs["enc_outputs"] = enc_outputs
         return outputs
+
+    def _select_proposals(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Two-stage query selection: the Q best encoder cells become the decoder's queries.
+
+        Args:
+            memory: (B, S, d) encoder outputs; memory_mask: (B, S) True on padding cells;
+            cells: (B, S, 4) the cells' reference boxes (cxcywh).
+
+        Returns:
+            anchors (B, Q, 4) cxcywh and content (B, Q, d), both detached (the decoder's loss
+            trains the decoder; the proposals learn from their own loss, as in DINO), and the
+            "enc_outputs" dict of all S proposals for the loss.
+        """
+        num_cells = int((~memory_mask).sum(1).min())
+        if num_cells < self.num_queries:
+            raise ValueError(
+                f"two_stage selects num_queries={self.num_queries} encoder cells but an image has only "
+                f"{num_cells} valid cells: use larger images or fewer queries"
+            )
+        features = self.enc_output(memory)
+        logits = self.enc_class_head(features)  # (B, S, C + 1)
+        # fp32 box arithmetic: the corrections are added in logit space, where bf16 is too coarse.
+        boxes = (inverse_sigmoid(cells) + self.enc_box_head(features).float()).sigmoid()
+        with torch.no_grad():
+            # Object score: the best real class's probability; padding cells never win.
+            score = logits.float().softmax(-1)[..., :-1].amax(-1).masked_fill(memory_mask, -1.0)
+            top = score.topk(self.num_queries, dim=1).indices  # (B, Q)
+        anchors = boxes.detach().gather(1, top[..., None].expand(-1, -1, 4))
+        content = features.detach().gather(1, top[..., None].expand(-1, -1, features.shape[-1]))
+        return anchors, content, {"pred_logits": logits, "pred_boxes": boxes, "pred_valid": ~memory_mask}
 
     def _pack(self, logits: torch.Tensor, boxes: torch.Tensor) -> dict:
         """(L, B, Q, C + 1) logits and (L, B, Q, 4) boxes -> the output dict (last layer + aux)."""

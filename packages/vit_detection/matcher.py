@@ -32,6 +32,8 @@ __all__ = ["HungarianMatcher", "MatchIndices", "image_ids_of"]
 # indices ascending, as scipy returns them.
 MatchIndices = tuple[torch.Tensor, torch.Tensor]
 
+_EXCLUDED_COST = 1e6
+
 
 def image_ids_of(targets: Sequence[dict]) -> list[object | None]:
     """Each target's "image_id" as a plain Python value (None when absent), for error messages."""
@@ -82,7 +84,7 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def match_layers(
-        self, logits: torch.Tensor, boxes: torch.Tensor, targets: Sequence[dict]
+        self, logits: torch.Tensor, boxes: torch.Tensor, targets: Sequence[dict], valid: torch.Tensor | None = None
     ) -> list[list[MatchIndices]]:
         """Match the predictions of L decoder layers at once (each layer matched on its own).
 
@@ -90,6 +92,9 @@ class HungarianMatcher(nn.Module):
             logits: (L, B, Q, C + 1) class logits, any float dtype.
             boxes: (L, B, Q, 4) normalised cxcywh boxes.
             targets: B target dicts as in `forward`.
+            valid: optional (L, B, Q) bool, False for predictions that must not be matched
+                (the padding cells of two-stage encoder proposals); they are used only when an
+                image has fewer valid predictions than targets.
 
         Returns:
             L lists of B (pred_idx, tgt_idx) pairs.
@@ -131,6 +136,10 @@ class HungarianMatcher(nn.Module):
             cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes)[None])
             cost = (self.cost_bbox * cost_bbox.view(num_layers, batch, num_queries, most)
                     + self.cost_class * cost_class + self.cost_giou * cost_giou)
+            if valid is not None:
+                # Far above any real cost (each term is bounded by a few units), yet finite:
+                # linear_sum_assignment needs a feasible matrix.
+                cost = cost.masked_fill(~valid.to(device)[..., None], _EXCLUDED_COST)
 
         # One transfer for all layers and images; scipy then works on (Q, T_b) views.
         cost = cost.cpu()

@@ -55,7 +55,9 @@ __all__ = ["DetectionTask", "build_detector", "data_path", "predict_images", "re
 # train.seed, so runs with different seeds train and evaluate on the same images.
 SUBSET_SEED = 20240601
 # The losses logged per step besides the total (last decoder layer only: the aux ones repeat them).
-LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+# The last decoder layer's terms, and the two-stage encoder proposals' (when the model has them).
+LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error",
+                 "loss_ce_enc", "loss_giou_enc")
 
 
 def data_path(data: DetectionDataConfig, path: str) -> Path:
@@ -155,6 +157,7 @@ def build_detector(cfg: DetectionModelConfig, load_weights: bool = True) -> DETR
         pre_norm=cfg.pre_norm,
         backbone_feature=cfg.backbone_feature,
         query_type=cfg.query_type,
+        two_stage=cfg.two_stage,
         dn_groups=cfg.dn_groups,
         dn_label_noise=cfg.dn_label_noise,
         dn_box_noise=cfg.dn_box_noise,

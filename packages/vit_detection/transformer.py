@@ -181,7 +181,9 @@ class ConditionalCrossAttention(nn.Module):
         self.dropout = dropout
         self.kernel = kernel
         self.q_content = nn.Linear(dim, dim)
-        self.q_pos = nn.Linear(dim, dim)
+        # Only the first layer reads it; `AnchorDecoder` removes it from the others (a parameter
+        # without a gradient stops DDP).
+        self.q_pos: nn.Linear | None = nn.Linear(dim, dim)
         self.q_spatial = nn.Linear(dim, dim)
         self.k_content = nn.Linear(dim, dim)
         self.k_pos = nn.Linear(dim, dim)
@@ -221,6 +223,8 @@ class ConditionalCrossAttention(nn.Module):
         q_content, k_pos = self.q_content(query), self.k_pos(memory_pos)
         k_content = self.k_content(memory)
         if first_layer:
+            if self.q_pos is None:
+                raise ValueError("this cross-attention was built for a later layer (no q_pos): first_layer must be False")
             q_content = q_content + self.q_pos(query_pos)
             k_content = k_content + k_pos
         q = torch.cat([self._heads(q_content), self._heads(self.q_spatial(query_spatial))], dim=-1)
@@ -471,6 +475,8 @@ class AnchorDecoder(TransformerDecoder):
         if dim % 4:
             raise ValueError(f"anchor queries need hidden_dim divisible by 4, got {dim}")
         self.temperature = temperature
+        for later in self.layers[1:]:
+            later.cross_attn.q_pos = None  # positions enter the content in the first layer only
         # (cy, cx, w, h) at d / 2 channels each = 2d -> d.
         self.ref_point_head = MLP(2 * dim, dim, dim, 2)
         self.query_scale = MLP(dim, dim, dim, 2)
