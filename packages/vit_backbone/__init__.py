@@ -6,6 +6,7 @@ feature API (`forward_features`, `forward_intermediates`, `feature_specs`) every
 
 from .attention import Attention, resolve_attention_kernel
 from .block import Block
+from .conv_stem import ConvStemEmbed
 from .features import FeatureSpec, ViTFeatures
 from .hybrid import HybridEmbed
 from .patch_embed import PatchEmbed
@@ -17,6 +18,7 @@ from .weights import LoadReport, convert_state_dict, detect_layout, load_pretrai
 __all__ = [
     "Attention",
     "Block",
+    "ConvStemEmbed",
     "FeatureSpec",
     "HybridEmbed",
     "LoadReport",

@@ -1,7 +1,7 @@
 """The Vision Transformer (Dosovitskiy et al. 2021) with timm's parameter names.
 
     image (B, in_chans, H, W)
-      -> patch embedding (strided conv, or the ResNetV2 CNN of a hybrid)  (B, h*w, C)
+      -> patch embedding (strided conv, a conv stem, or a hybrid's CNN)   (B, h*w, C)
       -> [class token, register tokens] + position embedding              (B, P + h*w, C)
       -> depth x pre-norm Block                                           (B, P + h*w, C)
       -> final LayerNorm                                                  -> ViTFeatures
@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import ATTENTION_KERNELS, AttentionKernel
 from .block import Block
+from .conv_stem import ConvStemEmbed
 from .drop_path import drop_path_rates
 from .features import FeatureSpec, ViTFeatures
 from .hybrid import HybridEmbed
@@ -93,7 +94,8 @@ class VisionTransformer(nn.Module):
     Args:
         img_size: size (H, W) the learned position embedding is stored for; other sizes
             divisible by the patch size are resampled at run time.
-        patch_size: patch side p (for a hybrid: the CNN's total stride, 16 for 3 stages).
+        patch_size: patch side p (for a hybrid or a conv stem: the CNN's total stride, 16 for 3
+            ResNet stages, 2**len(conv_stem) for a conv stem).
         in_chans: image channels.
         num_classes: classes of the linear head; 0 for no head (`forward` returns pooled features).
         global_pool: ``"token"`` (class token), ``"avg"`` (mean of patch tokens) or ``"none"``
@@ -127,6 +129,9 @@ class VisionTransformer(nn.Module):
         norm_eps: LayerNorm epsilon.
         hybrid_layers: ResNetV2 blocks per stage (e.g. (3, 4, 9)) for a hybrid CNN + ViT; None
             for plain patches.
+        conv_stem: output channels of stride-2 3x3 convolutions (BatchNorm + ReLU) that replace the
+            patchify convolution, followed by a 1x1 projection to `embed_dim` (Xiao et al. 2021,
+            `conv_stem.py`), e.g. (24, 48, 96) for stride 8; None for plain patches.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class VisionTransformer(nn.Module):
         weight_init: WeightInit = "timm",
         norm_eps: float = 1e-6,
         hybrid_layers: tuple[int, ...] | None = None,
+        conv_stem: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         if global_pool not in ("token", "avg", "none"):
@@ -187,8 +193,19 @@ class VisionTransformer(nn.Module):
         self.pos_embed_resampler = pos_embed_resampler
         self.grad_checkpointing = False
 
-        if hybrid_layers is not None:
-            self.patch_embed: PatchEmbed | HybridEmbed = HybridEmbed(
+        if hybrid_layers is not None and conv_stem is not None:
+            raise ValueError("hybrid_layers and conv_stem both replace the patch embedding: give one of them")
+        if conv_stem is not None:
+            self.patch_embed: PatchEmbed | HybridEmbed | ConvStemEmbed = ConvStemEmbed(
+                tuple(conv_stem), in_chans, embed_dim, dynamic_img_pad=dynamic_img_pad
+            )
+            if self.patch_embed.stride != patch_size:
+                raise ValueError(
+                    f"conv_stem={tuple(conv_stem)} gives a stride of {self.patch_embed.stride} "
+                    f"(2**{len(tuple(conv_stem))}), but patch_size={patch_size}"
+                )
+        elif hybrid_layers is not None:
+            self.patch_embed = HybridEmbed(
                 tuple(hybrid_layers), in_chans, embed_dim, dynamic_img_pad=dynamic_img_pad
             )
             if self.patch_embed.stride != patch_size:
@@ -237,7 +254,8 @@ class VisionTransformer(nn.Module):
     def init_weights(self, mode: WeightInit = "timm") -> None:
         """Re-initialise the ViT parameters as timm does (`"timm"`) or as the JAX originals (`"jax"`).
 
-        The CNN of a hybrid keeps its own (ResNet) initialisation.
+        The CNN of a hybrid and the 3x3 convolutions and norms of a conv stem keep their own
+        (PyTorch) initialisation; a conv stem's final 1x1 projection is treated as `patch_embed.proj`.
         """
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
