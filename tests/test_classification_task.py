@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vit_backbone import create_vit
+from vit_backbone import ConvStemEmbed, create_vit
 from vit_classification.config import (
     AugmentConfig,
     ClassificationConfig,
@@ -115,7 +115,7 @@ def test_config_file_loads(path: Path) -> None:
 
 def test_demo_config_resolves_without_touching_the_data() -> None:
     config = resolve_config(load_config(ClassificationConfig, ROOT / "configs/classification/fashion_mnist_cpu.yaml"))
-    assert config.model.num_classes == 10 and config.model.in_chans == 1 and config.model.img_size == 28
+    assert config.model.num_classes == 10 and config.model.in_chans == 1 and config.model.img_size == 32
     assert config.data.class_names[0] == "T-shirt/top"
 
 
@@ -134,6 +134,20 @@ def test_range_checks_name_the_field(tmp_path: Path) -> None:
         load_config(ClassificationConfig, path)
     with pytest.raises(ConfigError, match="model.preset='vit_nope' is not a vit_backbone preset"):
         load_config(ClassificationConfig, None, ["model.preset=vit_nope"])
+
+
+def test_conv_stem_config_builds_a_conv_stem_vit_and_checks_the_patch_size() -> None:
+    config = resolve_config(load_config(ClassificationConfig, None, [
+        "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.conv_stem=[8,16]", "data.input_size=32",
+    ]))
+    model = build_classifier(config.model)
+    assert isinstance(model.patch_embed, ConvStemEmbed) and model.patch_embed.channels == (8, 16)
+    assert model.patch_size == 4 and model.grid_size == (8, 8), "patch_size null takes the stem's stride"
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(ConfigError, match=r"model.patch_size=8 must equal the conv_stem's stride 4 \(2\*\*2\)"):
+        load_config(ClassificationConfig, None, ["model.conv_stem=[8,16]", "model.patch_size=8"])
+    with pytest.raises(ConfigError, match=r"model.conv_stem=\[8, 0\] must list positive channel counts"):
+        load_config(ClassificationConfig, None, ["model.conv_stem=[8,0]"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,6 +58,11 @@ class ModelConfig:
         in_chans: image channels the patch embedding takes (1 or 3).
         img_size: side the learned position embedding is stored for (other sizes are resampled).
         patch_size, embed_dim, depth, num_heads, mlp_ratio: override the preset's architecture.
+            With `conv_stem`, None takes the stem's stride as the patch size.
+        conv_stem: output channels of stride-2 3x3 convolutions (BatchNorm + ReLU) that replace the
+            patchify convolution, then a 1x1 projection to the width (Xiao et al. 2021, "Early
+            convolutions help transformers see better"; `vit_backbone.ConvStemEmbed`), e.g.
+            [24, 48, 96]: stride 8, so a 32 x 32 input gives 4 x 4 tokens. None: plain patches.
         global_pool: ``"token"`` (class token, ViT/DeiT/augreg) or ``"avg"`` (mean of patch tokens, MAE).
         fc_norm: LayerNorm after pooling instead of before it (timm's layout for avg pooling; MAE's
             fine-tuning). Changes the parameter names (`norm` -> `fc_norm`).
@@ -88,6 +93,7 @@ class ModelConfig:
     depth: int | None = None
     num_heads: int | None = None
     mlp_ratio: float | None = None
+    conv_stem: list[int] | None = None
     global_pool: GlobalPool = "token"
     fc_norm: bool = False
     init_values: float | None = None
@@ -111,6 +117,13 @@ class ModelConfig:
         for name in ("num_classes", "in_chans", "img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the default)")
+        if self.conv_stem is not None:
+            _check(len(self.conv_stem) >= 1 and min(self.conv_stem) >= 1,
+                   f"conv_stem={self.conv_stem} must list positive channel counts, e.g. [24, 48, 96] (or be null)")
+            stride = 2 ** len(self.conv_stem)
+            _check(self.patch_size in (None, stride),
+                   f"patch_size={self.patch_size} must equal the conv_stem's stride {stride} "
+                   f"(2**{len(self.conv_stem)}) (or be null to take it)")
         _check(self.in_chans in (None, 1, 3), f"in_chans={self.in_chans} must be 1 or 3 (or null)")
         _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0")
         _check(self.init_values is None or self.init_values > 0, f"init_values={self.init_values} must be > 0")

@@ -44,6 +44,9 @@ def _vit_kwargs(cfg: ModelConfig, weight_init: str) -> dict:
         value = getattr(cfg, name)
         if value is not None:
             kwargs[name] = value
+    if cfg.conv_stem is not None:
+        kwargs["conv_stem"] = tuple(cfg.conv_stem)
+        kwargs.setdefault("patch_size", 2 ** len(cfg.conv_stem))  # the stem's stride is the patch size
     return kwargs
 
 
