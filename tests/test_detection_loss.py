@@ -328,18 +328,19 @@ def test_denoising_terms_use_the_fixed_matching() -> None:
 def test_encoder_proposal_terms_ignore_padding_cells() -> None:
     targets = random_targets([2, 3, 0])
     outputs = random_outputs(3, 4)
-    outputs["enc_outputs"] = random_outputs(3, 7)
-    valid = torch.ones(3, 7, dtype=torch.bool)
+    outputs["enc_outputs"] = random_outputs(3, 9)
+    valid = torch.ones(3, 9, dtype=torch.bool)
     valid[0, 5:] = False  # padding cells: a bottom/right image edge in the flattened grid
-    valid[1, 4:] = False
+    valid[1, 6:] = False
     outputs["enc_outputs"]["pred_valid"] = valid
     # Padding cells that would be the best match for every target, and are sure of a class:
     # they must neither be matched nor counted.
-    outputs["enc_outputs"]["pred_boxes"][1, 4:7] = targets[1]["boxes"]
-    outputs["enc_outputs"]["pred_logits"][1, 4:7] = 0.0
-    outputs["enc_outputs"]["pred_logits"][1, 4:7, 0] = 50.0
+    outputs["enc_outputs"]["pred_boxes"][1, 6:9] = targets[1]["boxes"]
+    outputs["enc_outputs"]["pred_logits"][1, 6:9] = 0.0
+    outputs["enc_outputs"]["pred_logits"][1, 6:9, 0] = 50.0
     losses = SetCriterion(NUM_CLASSES, HungarianMatcher(), eos_coef=0.1)(outputs, targets, num_boxes=5.0)
 
+    # Reference: brute-force matching over the valid cells only.
     ce_num = ce_den = l1 = giou = card = 0.0
     for image, target in enumerate(targets):
         keep = valid[image]

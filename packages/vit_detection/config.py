@@ -42,6 +42,9 @@ class DetectionModelConfig:
         img_size: side the backbone's learned position embedding is stored for (other input
             sizes are resampled per image, so padding never shifts an image's positions).
         patch_size, embed_dim, depth, num_heads: override the preset's backbone architecture.
+        conv_stem: output channels of stride-2 3x3 convolutions that replace the patchify
+            convolution (ViT_C, Xiao et al. 2021: overlapping receptive fields, steadier and
+            faster training), e.g. [32, 64, 128] for stride 8; the patch size is their stride.
         drop_path_rate: stochastic depth of the backbone's last block.
         pretrained: a local ViT checkpoint (timm / torchvision / HF / JAX) for the backbone;
             its classifier is dropped. None trains from scratch.
@@ -77,6 +80,7 @@ class DetectionModelConfig:
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
+    conv_stem: list[int] | None = None
     drop_path_rate: float = 0.0
     pretrained: str | None = None
     pretrained_layout: PretrainedLayout = "auto"
@@ -109,6 +113,11 @@ class DetectionModelConfig:
         for name in ("img_size", "hidden_dim", "num_queries", "dec_layers", "nheads", "dim_feedforward"):
             value = getattr(self, name)
             _check(value >= 1, f"{name}={value} must be >= 1")
+        if self.conv_stem is not None:
+            stride = 2 ** len(self.conv_stem)
+            _check(len(self.conv_stem) >= 1 and min(self.conv_stem) >= 1 and self.patch_size in (None, stride),
+                   f"conv_stem={self.conv_stem} must list positive channel counts whose stride 2**{len(self.conv_stem)}"
+                   f" = {stride} is the patch size (patch_size={self.patch_size}; null takes the stride)")
         _check(self.enc_layers >= 0, f"enc_layers={self.enc_layers} must be >= 0")
         _check(self.hidden_dim % self.nheads == 0, f"hidden_dim={self.hidden_dim} must be divisible by nheads={self.nheads}")
         _check(0 <= self.dropout < 1, f"dropout={self.dropout} must lie in [0, 1)")

@@ -20,7 +20,8 @@ Conventions at the boundary:
 * `pred_logits` have C + 1 columns; the last is "no object".
 
 Padding invariance (eval mode, up to float rounding) holds for both necks with a plain ViT;
-a hybrid backbone's CNN stem sees the padded canvas and breaks it slightly at the borders.
+a hybrid backbone's CNN or a convolutional stem sees the padded canvas and breaks it slightly
+at the bottom/right borders (and, in training, padding enters the stem's BatchNorm statistics).
 """
 
 from __future__ import annotations

@@ -118,6 +118,9 @@ def build_backbone(cfg: DetectionModelConfig, load_weights: bool = True) -> nn.M
         value = getattr(cfg, name)
         if value is not None:
             overrides[name] = value
+    if cfg.conv_stem is not None:
+        overrides["conv_stem"] = tuple(cfg.conv_stem)
+        overrides["patch_size"] = 2 ** len(cfg.conv_stem)
     pretrained = cfg.pretrained if load_weights else None
     if pretrained is not None:
         overrides["weight_init"] = "skip"  # every tensor is overwritten by the checkpoint
