@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import timm  # noqa: E402
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
+from budget_probe import median_step_seconds  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from timm.layers import HybridEmbed  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -59,7 +59,7 @@ from vit_backbone import ConvStemEmbed, PatchEmbed, VisionTransformer  # noqa: E
 from vit_backbone.conv_stem import conv_stem_layers  # noqa: E402
 from vit_classification.config import ClassificationConfig  # noqa: E402
 from vit_classification.task import ClassificationTask  # noqa: E402
-from vit_training import build_optimizer, load_config  # noqa: E402
+from vit_training import load_config  # noqa: E402
 from vit_training.loop import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,21 +123,7 @@ def probe_costs(task: ClassificationTask, steps: int) -> tuple[float, float]:
         raise ValueError(f"{CONFIG}: the recipe names no evaluation set")
     loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(0))
-    optimizer = build_optimizer(model, config.optim)
-    model.train()
-    batches = iter(loader)
-    durations = []
-    for index in range(WARMUP_STEPS + steps):
-        start = time.perf_counter()
-        batch = next(batches)
-        loss, _ = task.loss(model, batch)
-        loss.backward()
-        if config.train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if index >= WARMUP_STEPS:
-            durations.append(time.perf_counter() - start)
+    step_s = median_step_seconds(task, model, loader, config, steps, WARMUP_STEPS)
     model.eval()
     eval_loader = DataLoader(eval_set, batch_size=config.train.batch_size, shuffle=False)
     timed = 0
@@ -149,7 +135,7 @@ def probe_costs(task: ClassificationTask, steps: int) -> tuple[float, float]:
             if timed == EVAL_PROBE_BATCHES:
                 break
     eval_s = (time.perf_counter() - start) / timed * len(eval_loader)
-    return statistics.median(durations), eval_s
+    return step_s, eval_s
 
 
 def plan_epochs(budget_s: float, epoch_s: float, eval_s: float) -> int:

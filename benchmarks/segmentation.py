@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -90,9 +89,8 @@ def probe_costs(task: Any, steps: int) -> tuple[float, float]:
     `fit` reseeds everything when it starts, so the probe does not change the measured run.
     """
     import torch
+    from budget_probe import median_step_seconds
     from torch.utils.data import DataLoader
-
-    from vit_training import build_optimizer
 
     config = task.config
     model = task.build_model()
@@ -101,30 +99,12 @@ def probe_costs(task: Any, steps: int) -> tuple[float, float]:
         raise ValueError(f"{CONFIG}: the recipe names no evaluation volume")
     loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
                         collate_fn=task.collate_fn(True), generator=torch.Generator().manual_seed(0))
-    optimizer = build_optimizer(model, config.optim)
-    model.train()
-    batches = iter(loader)
-    durations = []
-    for index in range(WARMUP_STEPS + steps):
-        start = time.perf_counter()
-        try:
-            batch = next(batches)
-        except StopIteration:  # a probe longer than an epoch: start the next one
-            batches = iter(loader)
-            batch = next(batches)
-        loss, _ = task.loss(model, batch)
-        loss.backward()
-        if config.train.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.clip_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if index >= WARMUP_STEPS:
-            durations.append(time.perf_counter() - start)
+    step_s = median_step_seconds(task, model, loader, config, steps, WARMUP_STEPS)
     model.eval()
     start = time.perf_counter()
     task.case_record(model, eval_set[0])
     eval_s = (time.perf_counter() - start) * len(eval_set)
-    return statistics.median(durations), eval_s
+    return step_s, eval_s
 
 
 def evaluations_in(epochs: int, eval_every: int) -> int:
