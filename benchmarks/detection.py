@@ -53,6 +53,7 @@ import io  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
+from budget_probe import median_step_seconds  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
@@ -73,6 +74,7 @@ TARGET_AP = 0.45
 # Share of the budget kept free for what calibration does not see: model build, the first
 # batches, overlays, checkpoints and the final export.
 SAFETY = 0.9
+WARMUP_STEPS = 3  # calibration steps not timed (first-touch allocations, oneDNN kernel selection)
 
 
 class _RotatingSlices(Dataset):
@@ -117,10 +119,13 @@ class BudgetTask(DetectionTask):
 
 
 def calibrate(config: DetectionConfig, steps: int) -> tuple[float, float]:
-    """Seconds per training step (forward, loss, backward, AdamW) and per evaluated image.
+    """Seconds per training step (forward, loss, backward, clipping, AdamW) and per evaluated image.
 
-    Runs outside `fit` on the config's batch size, after one warm-up step; the evaluation time
-    is the forward pass over two eval batches (COCOeval's share is covered by `SAFETY`).
+    The training step is the median of `steps` timed steps after `WARMUP_STEPS` untimed ones
+    (`budget_probe.median_step_seconds`, as the other budget benchmarks: a mean over the first
+    steps overestimated the step time by a third and left a third of the budget unused); the
+    evaluation time is the forward pass over two eval batches (COCOeval's share is covered by
+    `SAFETY`).
     """
     task = DetectionTask(config)
     torch.manual_seed(config.train.seed)
@@ -128,17 +133,7 @@ def calibrate(config: DetectionConfig, steps: int) -> tuple[float, float]:
     train_set, eval_set = task.build_datasets()
     loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True,
                         collate_fn=task.collate_fn(True), drop_last=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
-    batches = iter(loader)
-    model.train()
-    for index in range(steps + 1):
-        if index == 1:  # the first step pays for allocations: not timed
-            start = time.perf_counter()
-        loss, _ = task.loss(model, next(batches))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    step_s = (time.perf_counter() - start) / steps
+    step_s = median_step_seconds(task, model, loader, config, steps, WARMUP_STEPS)
     eval_loader = DataLoader(eval_set, batch_size=config.train.batch_size, collate_fn=task.collate_fn(False))
     model.eval()
     start, seen = time.perf_counter(), 0
