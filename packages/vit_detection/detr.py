@@ -125,13 +125,14 @@ class Encoded(NamedTuple):
         memory: (B, S, d) encoder outputs over all neck levels' cells.
         pos: (B, S, d) their positional encodings.
         mask: (B, S) bool, True on padding cells.
-        cells: (B, S, 4) cxcywh reference box of every cell (`cell_boxes`), for two-stage proposals.
+        cells: (B, S, 4) cxcywh reference box of every cell (`cell_boxes`) for two-stage
+            proposals; None for a model without `two_stage` (nothing reads them).
     """
 
     memory: torch.Tensor
     pos: torch.Tensor
     mask: torch.Tensor
-    cells: torch.Tensor
+    cells: torch.Tensor | None
 
 
 def build_denoising_queries(
@@ -397,7 +398,8 @@ class DETR(nn.Module):
 
         Returns:
             `Encoded`: memory (B, S, d), its positional encoding (B, S, d), padding mask (B, S)
-            (True on padding) and the cells' reference boxes (B, S, 4); S = cells of all neck levels.
+            (True on padding) and, with `two_stage`, the cells' reference boxes (B, S, 4);
+            S = cells of all neck levels.
         """
         patch = self.backbone.patch_size
         if pad_mask is None:
@@ -424,9 +426,10 @@ class DETR(nn.Module):
             sources.append(level_map.flatten(2).transpose(1, 2))
             positions.append(pos)
             masks.append(level_mask.flatten(1))
-            cells.append(cell_boxes(level_mask))
+            if self.two_stage:
+                cells.append(cell_boxes(level_mask))
         src, pos, mask = torch.cat(sources, 1), torch.cat(positions, 1), torch.cat(masks, 1)
-        return Encoded(self.encoder(src, pos, mask), pos, mask, torch.cat(cells, 1))
+        return Encoded(self.encoder(src, pos, mask), pos, mask, torch.cat(cells, 1) if cells else None)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -462,6 +465,7 @@ class DETR(nn.Module):
 
         enc_outputs = None
         if self.two_stage:
+            assert cells is not None  # encode() builds them for two-stage models
             anchors, content, enc_outputs = self._select_proposals(memory, memory_mask, cells)
         else:
             anchors = self.anchor_embed.weight.sigmoid()[None].expand(batch, -1, -1)
