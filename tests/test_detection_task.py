@@ -109,6 +109,17 @@ def test_config_errors_name_the_field(coco_root: Path, tmp_path: Path) -> None:
         tiny_config(coco_root, tmp_path, "model.num_querys=3")
 
 
+def test_backbone_architecture_overrides_reach_the_built_model(coco_root: Path, tmp_path: Path) -> None:
+    config = resolve_config(tiny_config(coco_root, tmp_path, "model.embed_dim=48", "model.num_heads=3",
+                                        "model.mlp_ratio=2.0"))
+    backbone = DetectionTask(config).build_model().backbone
+    assert backbone.embed_dim == 48 and len(backbone.blocks) == 2
+    assert backbone.blocks[0].attn.num_heads == 3
+    assert backbone.blocks[0].mlp.fc1.out_features == 96  # 2.0 x 48
+    with pytest.raises(ConfigError, match="mlp_ratio=0.0 must be > 0"):
+        tiny_config(coco_root, tmp_path, "model.mlp_ratio=0.0")
+
+
 def test_train_lowers_the_loss_and_evaluation_equals_pycocotools(coco_root: Path, tmp_path: Path) -> None:
     from vit_training.loop import fit
 

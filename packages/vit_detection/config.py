@@ -41,7 +41,8 @@ class DetectionModelConfig:
             annotations' category count.
         img_size: side the backbone's learned position embedding is stored for (other input
             sizes are resampled per image, so padding never shifts an image's positions).
-        patch_size, embed_dim, depth, num_heads: override the preset's backbone architecture.
+        patch_size, embed_dim, depth, num_heads, mlp_ratio: override the preset's backbone
+            architecture (mlp_ratio: the blocks' MLP width / embed_dim).
         conv_stem: output channels of stride-2 3x3 convolutions that replace the patchify
             convolution (ViT_C, Xiao et al. 2021: overlapping receptive fields, steadier and
             faster training), e.g. [32, 64, 128] for stride 8; the patch size is their stride.
@@ -80,6 +81,7 @@ class DetectionModelConfig:
     embed_dim: int | None = None
     depth: int | None = None
     num_heads: int | None = None
+    mlp_ratio: float | None = None
     conv_stem: list[int] | None = None
     drop_path_rate: float = 0.0
     pretrained: str | None = None
@@ -110,6 +112,7 @@ class DetectionModelConfig:
         for name in ("num_classes", "patch_size", "embed_dim", "depth", "num_heads"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the default)")
+        _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0 (or null for the default)")
         for name in ("img_size", "hidden_dim", "num_queries", "dec_layers", "nheads", "dim_feedforward"):
             value = getattr(self, name)
             _check(value >= 1, f"{name}={value} must be >= 1")

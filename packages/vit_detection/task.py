@@ -114,7 +114,7 @@ def build_backbone(cfg: DetectionModelConfig, load_weights: bool = True) -> nn.M
     """The ViT of `cfg` without a classifier, with `cfg.pretrained` loaded (its head dropped)."""
     overrides: dict[str, Any] = {"num_classes": 0, "img_size": cfg.img_size, "in_chans": 3,
                                  "drop_path_rate": cfg.drop_path_rate}
-    for name in ("patch_size", "embed_dim", "depth", "num_heads"):
+    for name in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
         value = getattr(cfg, name)
         if value is not None:
             overrides[name] = value
