@@ -25,6 +25,7 @@ from vit_training.cli import (  # noqa: E402
     configure_logging,
     load_run_config,
     paragraph,
+    release_processes,
     train_overrides,
     weights_file,
 )
@@ -260,4 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == 0:  # a failed rank must not wait at a barrier for its peer
+        release_processes()
+    sys.exit(status)

@@ -107,6 +107,7 @@ class ToyTask:
 def main(argv: list[str]) -> None:
     from accelerate import PartialState
 
+    from vit_training.cli import release_processes
     from vit_training.loop import evaluate_weights, fit
 
     command, rest = argv[0], argv[1:]
@@ -127,6 +128,7 @@ def main(argv: list[str]) -> None:
             print(json.dumps({"metrics": metrics}))
     else:
         raise SystemExit(f"unknown command {command!r}")
+    release_processes()
 
 
 if __name__ == "__main__":

@@ -89,3 +89,18 @@ def configure_logging(package: str) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.getLogger(package).setLevel(logging.INFO if main_process else logging.WARNING)
+
+
+def release_processes() -> None:
+    """Tear down the torch.distributed process group, where this process joined one.
+
+    Called when a command has finished normally. A rank that exits with its gloo group still
+    alive while its peer is shutting down can abort in the library's destructors ("terminate
+    called without an active exception", exit -6), failing a run whose work was done; a
+    single-process run has no group and this does nothing.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -334,4 +334,6 @@ def evaluate_weights(task: Task, config: Any, weights: str | Path) -> dict[str, 
     loader = DataLoader(eval_set, batch_size=_eval_batch_size(task, config.train), shuffle=False,
                         num_workers=config.train.num_workers, collate_fn=task.collate_fn(False))
     model, loader = accelerator.prepare(model, loader)
-    return _evaluate(task, model, loader, accelerator, Path(config.train.output_dir))
+    metrics = _evaluate(task, model, loader, accelerator, Path(config.train.output_dir))
+    accelerator.wait_for_everyone()  # the ranks leave together, as `fit`'s do
+    return metrics
