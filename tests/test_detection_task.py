@@ -101,7 +101,7 @@ def test_config_errors_name_the_field(coco_root: Path, tmp_path: Path) -> None:
         tiny_config(coco_root, tmp_path, "model.query_type=learned", "model.dn_groups=2")
     with pytest.raises(ConfigError, match="two_stage=true needs query_type='anchor'"):
         tiny_config(coco_root, tmp_path, "model.query_type=learned", "model.dn_groups=0", "model.two_stage=true")
-    with pytest.raises(ConfigError, match=r"conv_stem=\[16, 32\] .* stride 2\*\*2 = 4 is the patch size"):
+    with pytest.raises(ConfigError, match=r"patch_size=8 must equal the conv_stem's stride 4 \(2\*\*2\)"):
         tiny_config(coco_root, tmp_path, "model.conv_stem=[16,32]", "model.patch_size=8")
     with pytest.raises(ConfigError, match="max_dets=5 must be > 10"):
         tiny_config(coco_root, tmp_path, "eval.max_dets=5")

@@ -26,7 +26,26 @@ import torch
 from timm.models.vision_transformer_hybrid import ConvStem
 from torch import nn
 
-from .patch_embed import check_image_batch, pad_to_multiple
+from .patch_embed import tokenise
+
+
+def conv_stem_stride(channels: Sequence[int]) -> int:
+    """Total stride of a conv stem, i.e. the ViT patch size it stands for: each 3x3 conv halves the image."""
+    return 2 ** len(channels)
+
+
+def conv_stem_error(channels: Sequence[int], patch_size: int | None) -> str | None:
+    """Why `channels` cannot be a conv stem for `patch_size` (None: any), in one line; None when it can.
+
+    For config checks, which report the problem with the field names before anything is built.
+    """
+    if not channels or min(channels) < 1:
+        return f"conv_stem={list(channels)} must list positive channel counts, e.g. [24, 48, 96] (or be null)"
+    stride = conv_stem_stride(channels)
+    if patch_size not in (None, stride):
+        return (f"patch_size={patch_size} must equal the conv_stem's stride {stride} (2**{len(channels)}) "
+                f"(or be null to take it)")
+    return None
 
 
 def conv_stem_layers(channels: Sequence[int], in_chans: int, embed_dim: int) -> ConvStem:
@@ -85,7 +104,7 @@ class ConvStemEmbed(nn.Module):
     @property
     def stride(self) -> int:
         """Total stride: every 3x3 convolution halves the image."""
-        return 2 ** len(self.channels)
+        return conv_stem_stride(self.channels)
 
     @property
     def proj(self) -> nn.Conv2d:
@@ -103,9 +122,4 @@ class ConvStemEmbed(nn.Module):
             tokens (B, h*w, C) in row-major order, the grid (h, w) = (H/stride, W/stride), and an
             empty dict (the stem's maps are not offered as skips).
         """
-        check_image_batch(x, self.in_chans, self.stride, self.dynamic_img_pad)
-        if self.dynamic_img_pad:
-            x = pad_to_multiple(x, self.stride)
-        x = self.backbone(x)  # (B, C, h, w)
-        grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid, {}
+        return tokenise(x, self.backbone, self.in_chans, self.stride, self.dynamic_img_pad)

@@ -32,6 +32,28 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return x
 
 
+def tokenise(x: torch.Tensor, layers: nn.Module, in_chans: int, stride: int, dynamic_img_pad: bool
+             ) -> tuple[torch.Tensor, tuple[int, int], dict[str, torch.Tensor]]:
+    """Check and (optionally) pad an image batch, map it with `layers` to (B, C, h, w), flatten to tokens.
+
+    The one forward path of the patch embeddings whose map has no skips (patches, conv stem).
+
+    Args:
+        x: images (B, in_chans, H, W).
+        layers: image -> (B, C, H/stride, W/stride) map.
+        in_chans, stride, dynamic_img_pad: as `check_image_batch`; padding goes bottom/right.
+
+    Returns:
+        tokens (B, h*w, C) in row-major order, the grid (h, w), and an empty dict (no skip maps).
+    """
+    check_image_batch(x, in_chans, stride, dynamic_img_pad)
+    if dynamic_img_pad:
+        x = pad_to_multiple(x, stride)
+    x = layers(x)  # (B, C, h, w)
+    grid = (x.shape[-2], x.shape[-1])
+    return x.flatten(2).transpose(1, 2), grid, {}
+
+
 class PatchEmbed(nn.Module):
     """Cut the image into non-overlapping p x p patches and project each to C channels.
 
@@ -66,9 +88,4 @@ class PatchEmbed(nn.Module):
             tokens (B, h*w, C) in row-major order, the grid (h, w) = (H/p, W/p) (rounded up
             when padding), and an empty dict (a plain ViT has no CNN skip maps).
         """
-        check_image_batch(x, self.in_chans, self.patch_size, self.dynamic_img_pad)
-        if self.dynamic_img_pad:
-            x = pad_to_multiple(x, self.patch_size)
-        x = self.proj(x)  # (B, C, h, w)
-        grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid, {}
+        return tokenise(x, self.proj, self.in_chans, self.patch_size, self.dynamic_img_pad)

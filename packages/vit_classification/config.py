@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vit_backbone import preset_names
+from vit_backbone.conv_stem import conv_stem_error
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
 DataFormat = Literal["fashion_mnist", "mnist", "imagefolder", "cifar10", "cifar100"]
@@ -118,12 +119,8 @@ class ModelConfig:
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the default)")
         if self.conv_stem is not None:
-            _check(len(self.conv_stem) >= 1 and min(self.conv_stem) >= 1,
-                   f"conv_stem={self.conv_stem} must list positive channel counts, e.g. [24, 48, 96] (or be null)")
-            stride = 2 ** len(self.conv_stem)
-            _check(self.patch_size in (None, stride),
-                   f"patch_size={self.patch_size} must equal the conv_stem's stride {stride} "
-                   f"(2**{len(self.conv_stem)}) (or be null to take it)")
+            problem = conv_stem_error(self.conv_stem, self.patch_size)
+            _check(problem is None, str(problem))
         _check(self.in_chans in (None, 1, 3), f"in_chans={self.in_chans} must be 1 or 3 (or null)")
         _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0")
         _check(self.init_values is None or self.init_values > 0, f"init_values={self.init_values} must be > 0")

@@ -20,6 +20,7 @@ from vit_backbone import (
     load_pretrained,
     load_state_dict_file,
 )
+from vit_backbone.conv_stem import conv_stem_stride
 
 from .config import ModelConfig
 
@@ -46,7 +47,7 @@ def _vit_kwargs(cfg: ModelConfig, weight_init: str) -> dict:
             kwargs[name] = value
     if cfg.conv_stem is not None:
         kwargs["conv_stem"] = tuple(cfg.conv_stem)
-        kwargs.setdefault("patch_size", 2 ** len(cfg.conv_stem))  # the stem's stride is the patch size
+        kwargs.setdefault("patch_size", conv_stem_stride(cfg.conv_stem))  # the stem's stride is the patch size
     return kwargs
 
 

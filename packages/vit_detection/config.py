@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vit_backbone import preset_names
+from vit_backbone.conv_stem import conv_stem_error
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
 NeckKind = Literal["single", "simple_fpn"]
@@ -117,10 +118,8 @@ class DetectionModelConfig:
             value = getattr(self, name)
             _check(value >= 1, f"{name}={value} must be >= 1")
         if self.conv_stem is not None:
-            stride = 2 ** len(self.conv_stem)
-            _check(len(self.conv_stem) >= 1 and min(self.conv_stem) >= 1 and self.patch_size in (None, stride),
-                   f"conv_stem={self.conv_stem} must list positive channel counts whose stride 2**{len(self.conv_stem)}"
-                   f" = {stride} is the patch size (patch_size={self.patch_size}; null takes the stride)")
+            problem = conv_stem_error(self.conv_stem, self.patch_size)
+            _check(problem is None, str(problem))
         _check(self.enc_layers >= 0, f"enc_layers={self.enc_layers} must be >= 0")
         _check(self.hidden_dim % self.nheads == 0, f"hidden_dim={self.hidden_dim} must be divisible by nheads={self.nheads}")
         _check(0 <= self.dropout < 1, f"dropout={self.dropout} must lie in [0, 1)")

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_backbone import create_vit, load_pretrained
+from vit_backbone.conv_stem import conv_stem_stride
 from vit_training.config import ConfigError
 
 from .coco_eval import (
@@ -120,7 +121,7 @@ def build_backbone(cfg: DetectionModelConfig, load_weights: bool = True) -> nn.M
             overrides[name] = value
     if cfg.conv_stem is not None:
         overrides["conv_stem"] = tuple(cfg.conv_stem)
-        overrides["patch_size"] = 2 ** len(cfg.conv_stem)
+        overrides["patch_size"] = conv_stem_stride(cfg.conv_stem)
     pretrained = cfg.pretrained if load_weights else None
     if pretrained is not None:
         overrides["weight_init"] = "skip"  # every tensor is overwritten by the checkpoint
