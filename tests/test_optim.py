@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -133,6 +134,35 @@ def test_build_optimizer_sets_group_lrs() -> None:
         assert group["betas"] == (0.9, 0.95) and group["eps"] == 1e-6
         assert group["weight_decay"] in (0.0, 0.1)
 
+
+
+def test_build_optimizer_uses_the_fused_kernel_with_adamw_arithmetic() -> None:
+    """The fused AdamW must take the same steps as torch's per-tensor AdamW on the same groups."""
+    torch.manual_seed(0)
+    model = small_vit()
+    reference_model = copy.deepcopy(model)
+    cfg = OptimizerConfig(lr=1e-3, weight_decay=0.1)
+    optimizer = build_optimizer(model, cfg)
+    assert optimizer.defaults["fused"] is True
+    reference = torch.optim.AdamW(
+        [{**group, "params": [dict(reference_model.named_parameters())[n] for n in names]}
+         for group, names in zip(optimizer.param_groups, _group_names(model, optimizer), strict=True)],
+        lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False, fused=False,
+    )
+    images = torch.randn(2, 3, 32, 32)
+    for _ in range(3):
+        for net, opt in ((model, optimizer), (reference_model, reference)):
+            opt.zero_grad()
+            net.forward_features(images).patch_tokens.square().mean().backward()
+            opt.step()
+    for (name, param), reference_param in zip(model.named_parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(param, reference_param, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _group_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The parameter names of each optimizer group, in order."""
+    name_of = {id(param): name for name, param in model.named_parameters()}
+    return [[name_of[id(param)] for param in group["params"]] for group in optimizer.param_groups]
 
 # ----------------------------------------------------------------------------- schedules
 def cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
