@@ -485,6 +485,30 @@ def test_transforms_shapes_and_determinism(channels: int) -> None:
     assert has_colour == (channels == 3)
 
 
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_train_transform_without_random_choices_is_flagged_and_seed_free(channels: int) -> None:
+    """Datasets skip the per-sample reseed only where no seed can change the output."""
+    mean, std = (0.5,) * channels, (0.25,) * channels
+    fixed = build_train_transform(32, channels, mean, std, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0,
+                                  color_ops=0)
+    assert not fixed.is_random
+    rng = np.random.default_rng(1)
+    for shape in ((28, 28), (28, 36), (40, 30)):  # square, and the crop's central-square fallback
+        image = rng.integers(0, 256, (*shape, channels), dtype=np.uint8)
+        outputs = []
+        for seed in (0, 1, 12345):
+            fixed.set_seed(seed)
+            outputs.append(fixed(image))
+        assert all(torch.equal(outputs[0], other) for other in outputs[1:])
+    for random_option in ({"scale": (0.9, 1.0)}, {"ratio": (0.9, 1.1)}, {"hflip": 0.5}):
+        options = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "hflip": 0.0, "color_ops": 0, **random_option}
+        assert build_train_transform(32, channels, mean, std, **options).is_random
+    colour = build_train_transform(32, channels, mean, std, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0,
+                                   color_ops=2)
+    assert colour.is_random == (channels == 3)  # grey pipelines get no colour ops
+    assert not build_eval_transform(32, channels, mean, std).is_random
+
 def test_transform_argument_errors() -> None:
     assert eval_resize_size(224, 0.875) == (256, 256) and eval_resize_size((224, 160), 0.9) == (248, 177)
     with pytest.raises(ValueError, match=r"mean has 3 values .* but channels=1"):

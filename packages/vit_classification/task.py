@@ -228,7 +228,7 @@ def _subset(total: int, limit: int | None) -> np.ndarray | None:
 class AugmentedSamples(Dataset):
     """A classification data set with its transform: item i -> (image (C, H, W), label, i).
 
-    With `seed` set (training), every item reseeds the transform from (seed, epoch, i) before
+    With `seed` set (training), every item reseeds a random transform from (seed, epoch, i) before
     drawing its random crop/flip/colour: the same (epoch, i) always gives the same tensor, in any
     process, DataLoader worker or resumed run. Without it (evaluation) the transform is used as is.
 
@@ -281,7 +281,7 @@ class AugmentedSamples(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         image, label = self.source[self.source_index(index)]
-        if self.seed is not None:
+        if self.seed is not None and self.transform.is_random:
             self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
         return self.transform(image), int(label), int(index)
 

@@ -50,9 +50,17 @@ class ImageTransform:
     (to print, serialise or reseed it).
     """
 
-    def __init__(self, pipeline: A.Compose, channels: Channels) -> None:
+    def __init__(self, pipeline: A.Compose, channels: Channels, is_random: bool = True) -> None:
+        """
+        Args:
+            pipeline: the albumentations pipeline.
+            channels: image channels it takes and gives.
+            is_random: whether its output depends on its random draws; a data set reseeds only a
+                random pipeline before each sample (the reseed costs more than a 28 x 28 resize).
+        """
         self.pipeline = pipeline
         self.channels = channels
+        self.is_random = is_random
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """
@@ -176,11 +184,16 @@ def build_train_transform(
     ]
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))
-    if channels == 3 and color_ops > 0:
+    colour = channels == 3 and color_ops > 0
+    if colour:
         ops = _photometric_ops(color_magnitude)
         steps.append(A.SomeOf(ops, n=min(color_ops, len(ops)), replace=False, p=1.0))
     steps += [_normalize(channels, mean, std), ToTensorV2()]
-    return ImageTransform(A.Compose(steps, seed=seed), channels)
+    # A crop of the whole area at ratio 1 is the whole (square) image or, for any other shape, the
+    # central square (the crop's fallback): no draw changes it. Without flips and colour ops too,
+    # the pipeline is deterministic (the Fashion-MNIST recipe).
+    is_random = tuple(scale) != (1.0, 1.0) or tuple(ratio) != (1.0, 1.0) or hflip > 0 or colour
+    return ImageTransform(A.Compose(steps, seed=seed), channels, is_random=is_random)
 
 
 def eval_resize_size(input_size: int | Sequence[int], crop_pct: float) -> tuple[int, int]:
@@ -216,7 +229,7 @@ def build_eval_transform(
     else:
         resize = A.Resize(height=resize_h, width=resize_w, interpolation=flag)
     steps = [resize, A.CenterCrop(height=height, width=width), _normalize(channels, mean, std), ToTensorV2()]
-    return ImageTransform(A.Compose(steps), channels)
+    return ImageTransform(A.Compose(steps), channels, is_random=False)
 
 
 def build_mixup(
