@@ -379,3 +379,22 @@ def test_postprocess_scores_labels_and_original_pixel_boxes() -> None:
     torch.testing.assert_close(results[1]["boxes"][2], torch.tensor(expected))
     with pytest.raises(ValueError, match="orig_sizes must be"):
         PostProcess()(outputs, torch.tensor([100, 200]))
+
+
+@pytest.mark.parametrize("top_k", [5, 200])
+def test_postprocess_top_k_takes_the_best_query_class_pairs(top_k: int) -> None:
+    """Against a sort of every (query, class) probability of each image, boxes carried along."""
+    outputs = random_outputs(2, 6)
+    orig_sizes = torch.tensor([[100, 200], [30, 40]])
+    results = PostProcess(top_k=top_k)(outputs, orig_sizes)
+    per_query = PostProcess()(outputs, orig_sizes)  # the same boxes in pixels, one per query
+    for image, result in enumerate(results):
+        prob = outputs["pred_logits"][image].softmax(-1)[:, :-1]
+        pairs = sorted(((prob[q, c].item(), q, c) for q in range(6) for c in range(NUM_CLASSES)), reverse=True)
+        expected = pairs[:top_k]  # top_k=200 > 6 * C: every pair once
+        assert len(result["scores"]) == len(expected) == min(top_k, 6 * NUM_CLASSES)
+        torch.testing.assert_close(result["scores"], torch.tensor([p for p, _, _ in expected]))
+        assert result["labels"].tolist() == [c for _, _, c in expected]
+        torch.testing.assert_close(result["boxes"], per_query[image]["boxes"][[q for _, q, _ in expected]])
+    with pytest.raises(ValueError, match="top_k must be >= 1"):
+        PostProcess(top_k=0)

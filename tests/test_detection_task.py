@@ -89,6 +89,10 @@ def test_resolve_reads_classes_and_category_ids_sorted_by_id(coco_root: Path, tm
 def test_max_dets_never_drops_a_query(coco_root: Path, tmp_path: Path) -> None:
     config = resolve_config(tiny_config(coco_root, tmp_path, "model.num_queries=150", "eval.max_dets=100"))
     assert config.eval.max_dets == 150
+    config = resolve_config(tiny_config(coco_root, tmp_path, "model.num_queries=20", "eval.top_k=120"))
+    assert config.eval.max_dets == 120  # top-k post-processing: k detections per image
+    with pytest.raises(ConfigError, match=r"eval.top_k=0 must be >= 1"):
+        tiny_config(coco_root, tmp_path, "eval.top_k=0")
 
 
 def test_missing_annotations_name_the_file_and_the_prepare_command(tmp_path: Path) -> None:

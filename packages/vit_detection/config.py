@@ -244,14 +244,19 @@ class DetectionEvalConfig:
         overlay_images: images drawn with their predictions after each evaluation.
         score_threshold: the lowest score drawn on the overlays (display only: COCOeval always
             sees every prediction).
+        top_k: null: one detection per query, its best class (DETR). k: the k most probable
+            (query, class) pairs of each image (Deformable DETR), so a box whose class is
+            uncertain is reported under each likely class; `max_dets` is raised to k.
     """
 
     max_dets: int = 100
     overlay_images: int = 4
     score_threshold: float = 0.5
+    top_k: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.max_dets > 10, f"max_dets={self.max_dets} must be > 10 (COCOeval reports AR@1 and AR@10 besides it)")
+        _check(self.top_k is None or self.top_k >= 1, f"top_k={self.top_k} must be >= 1 (or null for one per query)")
         _check(self.overlay_images >= 0, f"overlay_images={self.overlay_images} must be >= 0")
         _check(0 <= self.score_threshold <= 1, f"score_threshold={self.score_threshold} must lie in [0, 1]")
 

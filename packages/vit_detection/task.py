@@ -72,7 +72,8 @@ def resolve_config(config: DetectionConfig) -> DetectionConfig:
 
     `data.class_names` and `data.category_ids` from the training annotations' categories (sorted
     by id, as `CocoDetection` numbers its labels), `model.num_classes` from their count, and
-    `eval.max_dets` raised to `model.num_queries`. Saved as the run's config.yaml, the result
+    `eval.max_dets` raised to the detections per image (`model.num_queries`, or
+    `eval.top_k`). Saved as the run's config.yaml, the result
     rebuilds the model and names its classes without the data (for `predict`).
 
     Raises:
@@ -106,7 +107,8 @@ def resolve_config(config: DetectionConfig) -> DetectionConfig:
         )
     model = dataclasses.replace(model, num_classes=len(names))
     data = dataclasses.replace(data, class_names=list(names), category_ids=list(ids))
-    evaluation = dataclasses.replace(config.eval, max_dets=max(config.eval.max_dets, model.num_queries))
+    per_image = model.num_queries if config.eval.top_k is None else config.eval.top_k
+    evaluation = dataclasses.replace(config.eval, max_dets=max(config.eval.max_dets, per_image))
     return dataclasses.replace(config, model=model, data=data, eval=evaluation)
 
 
@@ -220,7 +222,7 @@ class DetectionTask:
             weight_dict={"loss_ce": loss.ce_weight, "loss_bbox": loss.bbox_weight, "loss_giou": loss.giou_weight},
             aux_loss=self.config.model.aux_loss,
         )
-        self.postprocess = PostProcess()
+        self.postprocess = PostProcess(top_k=self.config.eval.top_k)
         self._eval_set: CocoDetection | None = None
 
     # -------------------------------------------------------------------------------- names
@@ -385,7 +387,8 @@ def predict_images(
 
     Returns:
         One dict per image: "file", and "detections", a list of {"label", "category_id", "score",
-        "bbox_xyxy"} in the image's own pixels, sorted by score, every query (no threshold).
+        "bbox_xyxy"} in the image's own pixels, sorted by score, every detection (no threshold):
+        one per query, or `eval.top_k`.
     """
     task_config = config
     transform = build_detection_transforms(
@@ -394,7 +397,7 @@ def predict_images(
     )
     patch = int(_unwrap(model).backbone.patch_size)
     model = model.to(device).eval()
-    postprocess = PostProcess()
+    postprocess = PostProcess(top_k=task_config.eval.top_k)
     rows = []
     names = list(task_config.data.class_names)
     category_ids = list(task_config.data.category_ids)
