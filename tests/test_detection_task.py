@@ -87,8 +87,9 @@ def test_resolve_reads_classes_and_category_ids_sorted_by_id(coco_root: Path, tm
 
 
 def test_max_dets_never_drops_a_query(coco_root: Path, tmp_path: Path) -> None:
-    config = resolve_config(tiny_config(coco_root, tmp_path, "model.num_queries=150", "eval.max_dets=100"))
-    assert config.eval.max_dets == 150
+    config = resolve_config(tiny_config(coco_root, tmp_path, "model.num_queries=150", "eval.max_dets=100",
+                                        "eval.top_k=null"))
+    assert config.eval.max_dets == 150  # one detection per query
     config = resolve_config(tiny_config(coco_root, tmp_path, "model.num_queries=20", "eval.top_k=120"))
     assert config.eval.max_dets == 120  # top-k post-processing: k detections per image
     with pytest.raises(ConfigError, match=r"eval.top_k=0 must be >= 1"):
@@ -138,7 +139,11 @@ def test_train_lowers_the_loss_and_evaluation_equals_pycocotools(coco_root: Path
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     # Our 12 numbers equal pycocotools run directly on the results file the evaluation wrote.
     results = json.loads((tmp_path / "run" / "coco_results.json").read_text())
-    assert len(results) == 6 * task.config.model.num_queries  # every query of every image, no threshold
+    # The demo recipe's top-k post-processing (k = 100 >= 6 queries x 2 classes): every (query, class)
+    # pair of every image, no threshold.
+    model = task.config.model
+    assert task.config.eval.top_k >= model.num_queries * model.num_classes
+    assert len(results) == 6 * model.num_queries * model.num_classes
     assert {r["category_id"] for r in results} <= set(CATEGORY_IDS)
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(coco_root / "annotations" / "instances_val.json"))
@@ -170,7 +175,8 @@ def test_cli_evaluate_and_predict(coco_root: Path, tmp_path: Path) -> None:
     assert detect.main(["predict", "--weights", str(run), str(coco_root / "val" / "1.png"), "--output", str(out),
                         "--cpu"]) == 0
     rows = json.loads((out / "detections.json").read_text())
-    assert rows[0]["file"].endswith("1.png") and len(rows[0]["detections"]) == 6
+    # the recipe's top-k post-processing: all 6 queries x 2 classes, unthresholded
+    assert rows[0]["file"].endswith("1.png") and len(rows[0]["detections"]) == 6 * 2
     scores = [d["score"] for d in rows[0]["detections"]]
     assert scores == sorted(scores, reverse=True)
     assert (out / "1.png").is_file()
