@@ -31,13 +31,19 @@ class ModelEma:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """Move the average towards `model`'s current weights (call after every optimizer step)."""
         current = model.state_dict()
+        averages, values = [], []
         for name, average in self.module.state_dict().items():
             value = current[name].detach()
             if average.is_floating_point():
-                average.lerp_(value.to(average.dtype), 1.0 - self.decay)
+                averages.append(average)
+                values.append(value.to(average.dtype))
             else:
                 average.copy_(value)
+        if averages:
+            # One multi-tensor lerp (as timm's ModelEmaV3) instead of a Python loop of small ones.
+            torch._foreach_lerp_(averages, values, 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
