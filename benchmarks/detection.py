@@ -151,9 +151,16 @@ def class_agnostic_ap50(annotation_file: Path, results_file: Path) -> float:
 
     The gap to the per-class AP50 is what classification costs. pycocotools on the images of
     `results_file` (the evaluated val subset); COCOeval's own per-image top-100 rule applies.
+    With top-k post-processing (`eval.top_k`) one query's box appears under several classes;
+    merged into one class those copies would be duplicates, so each box keeps its best score.
     """
     ground_truth = json.loads(annotation_file.read_text())
-    results = json.loads(results_file.read_text())
+    best: dict[tuple, dict] = {}
+    for result in json.loads(results_file.read_text()):
+        key = (result["image_id"], *result["bbox"])
+        if key not in best or result["score"] > best[key]["score"]:
+            best[key] = result
+    results = list(best.values())
     for annotation in ground_truth["annotations"]:
         annotation["category_id"] = 1
     ground_truth["categories"] = [{"id": 1, "name": "object"}]
