@@ -44,9 +44,10 @@ from vit_classification.metrics import (
     write_predictions_csv,
 )
 from vit_classification.model import build_classifier, build_classifier_with_report
-from vit_classification.task import ClassificationTask, predict_images, resolve_config, sample_seed
+from vit_classification.task import ClassificationTask, predict_images, resolve_config
 from vit_training import OptimizerConfig, TrainConfig
 from vit_training.config import ConfigError, load_config
+from vit_training.seeding import sample_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "classification").glob("*.yaml"))

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from vit_detection import prepare
-from vit_detection.datasets import CocoDetection, collate_detection, load_coco_json, read_rgb, sample_seed
+from vit_detection.datasets import CocoDetection, collate_detection, load_coco_json, read_rgb
 from vit_detection.prepare import (
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
@@ -29,6 +29,7 @@ from vit_detection.transforms import (
     coco_to_normalized_cxcywh,
     resized_shape,
 )
+from vit_training.seeding import sample_seed
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -302,18 +303,22 @@ def test_training_augmentation_keeps_boxes_on_their_pixels() -> None:
         assert len(out_labels) >= 1  # the crop keeps at least one box whole
         assert bool(((out_boxes > 0) & (out_boxes <= 1)).all())
         for (cx, cy, w, h), label in zip(out_boxes.tolist(), out_labels.tolist(), strict=True):
+            if w * width < 4 or h * height < 4:
+                continue  # a sliver a crop left: even its centre pixel lies within the blur of an edge
             centre = out[:, int(cy * height), int(cx * width)].numpy()
             np.testing.assert_allclose(centre, colours[label], atol=0.02)
-            # the box's corners sit where its colour starts and ends (within the resize's blur)
+            # The box's corners sit where its colour starts and ends, within the resize's blur: a
+            # crop of 27 px (0.3 x 90) resized to 100 blurs edges over 100 / 27 / 2 = 1.85 px, so
+            # pixels whose centres lie 2+ px inside (outside) the box must (must not) be its colour.
             x0, x1 = (cx - w / 2) * width, (cx + w / 2) * width
             y0, y1 = (cy - h / 2) * height, (cy + h / 2) * height
-            if x1 - x0 < 4 or y1 - y0 < 4:
-                continue  # a sliver a crop left: too thin to have an inside
-            for x, y in ((x0 + 1, y0 + 1), (x1 - 1.5, y1 - 1.5)):
+            if x1 - x0 < 6 or y1 - y0 < 6:
+                continue  # too thin for pixels 2 px inside both edges
+            for x, y in ((x0 + 2.5, y0 + 2.5), (x1 - 2.5, y1 - 2.5)):
                 np.testing.assert_allclose(out[:, int(y), int(x)].numpy(), colours[label], atol=0.25)
             # just outside the left edge is something else (black, or another box's colour)
-            if x0 >= 2:
-                assert np.abs(out[:, int(cy * height), int(x0 - 1.5)].numpy() - colours[label]).max() > 0.1
+            if x0 >= 3:
+                assert np.abs(out[:, int(cy * height), int(x0 - 2.5)].numpy() - colours[label]).max() > 0.1
     assert len(sizes & {60, 80, 100}) > 1  # scale jitter draws from the list
 
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
+from vit_training.seeding import sample_seed
 
 from .config import ClassificationConfig, DataConfig
 from .datasets import (
@@ -62,7 +63,6 @@ __all__ = [
     "predict_images",
     "read_class_names",
     "resolve_config",
-    "sample_seed",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -208,15 +208,6 @@ def resolve_config(config: ClassificationConfig) -> ClassificationConfig:
 
 
 # ------------------------------------------------------------------------------------------ data
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample `index` in `epoch`: 32 bits from numpy's SeedSequence.
-
-    SeedSequence mixes its entropy words thoroughly, so neighbouring (epoch, index) pairs give
-    unrelated streams (seed + epoch * N + index would not).
-    """
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
 def _subset(total: int, limit: int | None) -> np.ndarray | None:
     """`limit` indices out of `total`, a fixed random choice in ascending order; None for all."""
     if limit is None or limit >= total:

@@ -31,6 +31,8 @@ import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from timm.data import Mixup  # noqa: E402
 
+from vit_training.seeding import SampleRandomState  # noqa: E402
+
 __all__ = [
     "ImageTransform",
     "build_eval_transform",
@@ -61,6 +63,7 @@ class ImageTransform:
         self.pipeline = pipeline
         self.channels = channels
         self.is_random = is_random
+        self._random_state = SampleRandomState()
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         """
@@ -81,12 +84,15 @@ class ImageTransform:
         with DataLoader workers call this in ``worker_init_fn`` with a per-worker seed, otherwise
         workers that inherit one seeded pipeline repeat each other's augmentations.
 
-        One numpy and one Python generator, seeded with `seed`, are shared by every step of the
-        pipeline (albumentations' `set_random_state`): the same seed gives the same draws, and the
-        training set reseeds once per sample, where `Compose.set_random_seed` (two fresh generators
-        per step) cost twice as much as the 28 x 28 transform itself.
+        One numpy and one Python generator, reseeded in place (`vit_training.seeding`), are shared
+        by every step of the pipeline (albumentations' `set_random_state`): the same seed gives the
+        same draws, and the training set can afford to reseed once per sample. None draws fresh
+        entropy.
         """
-        self.pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        if seed is None:
+            self.pipeline.set_random_state(np.random.default_rng(), random.Random())
+        else:
+            self.pipeline.set_random_state(*self._random_state.reseed(seed))
 
     def __repr__(self) -> str:
         return f"ImageTransform(channels={self.channels}, pipeline={self.pipeline!r})"

@@ -49,6 +49,8 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from vit_training.seeding import sample_seed
+
 from .coco_eval import ground_truth_coco
 from .transforms import DetectionTransform, coco_to_normalized_cxcywh
 
@@ -58,7 +60,6 @@ __all__ = [
     "collate_detection",
     "load_coco_json",
     "read_rgb",
-    "sample_seed",
 ]
 
 DetectionTarget = dict[str, Any]
@@ -71,17 +72,6 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample `index` in `epoch`: 32 bits from numpy's SeedSequence.
-
-    SeedSequence mixes its entropy words thoroughly, so neighbouring (epoch, index) pairs give
-    unrelated streams (seed + epoch * N + index would not). The same rule as the classification
-    task, written again here because task packages never import each other.
-    """
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-# ------------------------------------------------------------------------------------ JSON
 def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     """Read a COCO detection JSON and check the fields this package uses.
 

@@ -52,6 +52,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema  # 
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from pydantic import Field  # noqa: E402
 
+from vit_training.seeding import SampleRandomState  # noqa: E402
+
 __all__ = [
     "COCO_EVAL_SIZE",
     "COCO_MAX_SIZE",
@@ -232,6 +234,7 @@ class DetectionTransform:
                 label field, ending in ToTensorV2 (as `build_detection_transforms` makes).
         """
         self.pipeline = pipeline
+        self._random_state = SampleRandomState()
 
     def __call__(
         self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray
@@ -267,7 +270,10 @@ class DetectionTransform:
     def set_seed(self, seed: int | None) -> None:
         """Reseed albumentations' generators. `CocoDetection` calls this per sample (seed, epoch,
         index), so DataLoader workers and resumed runs draw the same augmentation for a sample."""
-        self.pipeline.set_random_seed(seed)
+        if seed is None:
+            self.pipeline.set_random_seed(None)
+        else:
+            self.pipeline.set_random_state(*self._random_state.reseed(seed))
 
     def __repr__(self) -> str:
         return f"DetectionTransform(pipeline={self.pipeline!r})"

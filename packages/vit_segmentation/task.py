@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
+from vit_training.seeding import sample_seed
 
 from .config import SegmentationConfig
 from .datasets import (
@@ -49,7 +50,6 @@ from .transforms import (
     build_train_transform,
     resize_image,
     resize_labels,
-    sample_seed,
 )
 
 logger = logging.getLogger(__name__)

@@ -32,26 +32,18 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from vit_training.seeding import SampleRandomState  # noqa: E402
+
 __all__ = [
     "SliceTransform",
     "build_eval_transform",
     "build_train_transform",
     "resize_image",
     "resize_labels",
-    "sample_seed",
 ]
 
 Interpolation = Literal["bilinear", "bicubic"]
 FlipAxis = Literal["random", "height", "width"]
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of sample `index` in `epoch`: 32 bits from numpy's SeedSequence.
-
-    SeedSequence mixes its words thoroughly, so neighbouring (epoch, index) pairs get unrelated
-    streams (seed + epoch * N + index would not).
-    """
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
 def _cv2_interpolation(interpolation: Interpolation) -> int:
@@ -118,6 +110,7 @@ class SliceTransform:
     def __init__(self, pipeline: A.Compose, size: tuple[int, int]) -> None:
         self.pipeline = pipeline
         self.size = size
+        self._random_state = SampleRandomState()
 
     def __call__(self, image: np.ndarray, labels: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -144,7 +137,10 @@ class SliceTransform:
 
     def set_seed(self, seed: int | None) -> None:
         """Reseed the random choices (albumentations 2 draws from its own generators, not torch's)."""
-        self.pipeline.set_random_seed(seed)
+        if seed is None:
+            self.pipeline.set_random_seed(None)
+        else:
+            self.pipeline.set_random_state(*self._random_state.reseed(seed))
 
     def __repr__(self) -> str:
         return f"SliceTransform(size={self.size}, pipeline={self.pipeline!r})"
