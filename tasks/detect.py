@@ -23,9 +23,9 @@ from vit_training.cli import (  # noqa: E402
     CONFIG_FILE,
     add_overrides,
     configure_logging,
+    exit_status,
     load_run_config,
     paragraph,
-    release_processes,
     train_overrides,
     weights_file,
 )
@@ -261,7 +261,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    if status == 0:  # a failed rank must not wait at a barrier for its peer
-        release_processes()
-    sys.exit(status)
+    sys.exit(exit_status(main()))

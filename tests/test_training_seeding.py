@@ -37,3 +37,20 @@ def test_reseeded_generators_repeat_their_draws_in_any_instance() -> None:
     assert numpy_c.random(4).tolist() != draws_a[0] and python_c.random() != draws_a[2]
     # The same objects are handed back every time, so a pipeline can keep them.
     assert first.reseed(1)[0] is first.numpy and first.reseed(2)[1] is first.python
+
+
+def test_seed_pipeline_repeats_an_albumentations_pipeline() -> None:
+    import albumentations as A
+
+    pipeline = A.Compose([A.RandomCrop(8, 8), A.HorizontalFlip(p=0.5)])
+    image = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16, 1)
+    state = SampleRandomState()
+
+    def crops(seed: int | None) -> list[np.ndarray]:
+        state.seed_pipeline(pipeline, seed)
+        return [pipeline(image=image)["image"] for _ in range(4)]
+
+    first = crops(sample_seed(0, 0, 3))
+    assert all(np.array_equal(a, b) for a, b in zip(first, crops(sample_seed(0, 0, 3)), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, crops(sample_seed(0, 0, 4)), strict=True))
+    assert all(crop.shape == (8, 8, 1) for crop in crops(None))  # fresh entropy: still a working pipeline

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Sequence
 from typing import Literal
 
@@ -89,10 +88,7 @@ class ImageTransform:
         same draws, and the training set can afford to reseed once per sample. None draws fresh
         entropy.
         """
-        if seed is None:
-            self.pipeline.set_random_state(np.random.default_rng(), random.Random())
-        else:
-            self.pipeline.set_random_state(*self._random_state.reseed(seed))
+        self._random_state.seed_pipeline(self.pipeline, seed)
 
     def __repr__(self) -> str:
         return f"ImageTransform(channels={self.channels}, pipeline={self.pipeline!r})"

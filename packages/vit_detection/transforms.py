@@ -270,10 +270,7 @@ class DetectionTransform:
     def set_seed(self, seed: int | None) -> None:
         """Reseed albumentations' generators. `CocoDetection` calls this per sample (seed, epoch,
         index), so DataLoader workers and resumed runs draw the same augmentation for a sample."""
-        if seed is None:
-            self.pipeline.set_random_seed(None)
-        else:
-            self.pipeline.set_random_state(*self._random_state.reseed(seed))
+        self._random_state.seed_pipeline(self.pipeline, seed)
 
     def __repr__(self) -> str:
         return f"DetectionTransform(pipeline={self.pipeline!r})"

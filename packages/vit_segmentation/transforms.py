@@ -137,10 +137,7 @@ class SliceTransform:
 
     def set_seed(self, seed: int | None) -> None:
         """Reseed the random choices (albumentations 2 draws from its own generators, not torch's)."""
-        if seed is None:
-            self.pipeline.set_random_seed(None)
-        else:
-            self.pipeline.set_random_state(*self._random_state.reseed(seed))
+        self._random_state.seed_pipeline(self.pipeline, seed)
 
     def __repr__(self) -> str:
         return f"SliceTransform(size={self.size}, pipeline={self.pipeline!r})"

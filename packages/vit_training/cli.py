@@ -91,6 +91,16 @@ def configure_logging(package: str) -> None:
     logging.getLogger(package).setLevel(logging.INFO if main_process else logging.WARNING)
 
 
+def exit_status(status: int) -> int:
+    """`status`, after releasing the process group when the command succeeded: ``sys.exit(exit_status(main()))``.
+
+    A failed rank must not wait at `release_processes`'s barrier for a peer that may never come.
+    """
+    if status == 0:
+        release_processes()
+    return status
+
+
 def release_processes() -> None:
     """Tear down the torch.distributed process group, where this process joined one.
 

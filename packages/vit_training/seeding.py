@@ -14,6 +14,7 @@ more than resizing a 28 x 28 image.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 
@@ -51,9 +52,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class SampleRandomState:
     """A numpy and a Python generator, reseeded in place for each sample.
 
-    Pass the pair to an albumentations pipeline once per sample, after `reseed`::
+    A transform holds one and calls, once per sample::
 
-        pipeline.set_random_state(*random_state.reseed(sample_seed(seed, epoch, index)))
+        random_state.seed_pipeline(pipeline, sample_seed(seed, epoch, index))
 
     The same seed always gives the same draws, from this object or any other.
     """
@@ -71,3 +72,14 @@ class SampleRandomState:
         self.numpy.bit_generator.state = state
         self.python.seed(seed)
         return self.numpy, self.python
+
+    def seed_pipeline(self, pipeline: Any, seed: int | None) -> None:
+        """Give an albumentations pipeline the streams of `seed` (None: fresh entropy).
+
+        Every step of the pipeline then draws from the one reseeded pair (albumentations'
+        ``set_random_state``), so the same seed gives the same augmentation.
+        """
+        if seed is None:
+            pipeline.set_random_state(np.random.default_rng(), random.Random())
+        else:
+            pipeline.set_random_state(*self.reseed(seed))
