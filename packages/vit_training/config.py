@@ -193,6 +193,9 @@ class TrainConfig:
             see `resolve_mixed_precision`), ``"no"``, ``"bf16"`` or ``"fp16"``.
         clip_grad_norm: max global gradient norm; None turns clipping off.
         ema_decay: decay of an exponential moving average of the weights; None turns it off.
+        ema_warmup: grow the EMA decay from 0.18 towards `ema_decay` as (1 + t) / (10 + t) at
+            update t (`vit_training.ema.ModelEma`), so early averages do not remember the random
+            initial weights and late ones average over more steps.
         seed: seed for every process (offset per rank by the loop where it must differ).
         num_workers: DataLoader worker processes per training process.
         save_every_steps: save a resumable checkpoint every N optimizer steps; 0 saves only
@@ -213,6 +216,7 @@ class TrainConfig:
     mixed_precision: MixedPrecision = "auto"
     clip_grad_norm: float | None = None
     ema_decay: float | None = None
+    ema_warmup: bool = False
     seed: int = 0
     num_workers: int = 0
     save_every_steps: int = 0

@@ -218,7 +218,7 @@ def fit(task: Task, config: Any) -> FitResult:
     steps_per_epoch = math.ceil(len(train_loader) / train.grad_accum_steps)
     scheduler = build_scheduler(optimizer.optimizer, config.schedule, steps_per_epoch * train.epochs, steps_per_epoch)
     accelerator.register_for_checkpointing(scheduler)
-    ema = ModelEma(accelerator.unwrap_model(model), train.ema_decay) if train.ema_decay else None
+    ema = ModelEma(accelerator.unwrap_model(model), train.ema_decay, train.ema_warmup) if train.ema_decay else None
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
 
