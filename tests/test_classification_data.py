@@ -509,6 +509,58 @@ def test_train_transform_without_random_choices_is_flagged_and_seed_free(channel
     assert colour.is_random == (channels == 3)  # grey pipelines get no colour ops
     assert not build_eval_transform(32, channels, mean, std).is_random
 
+class _CountingSource:
+    """An `IdxDataset` stand-in that counts the reads of each item."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.targets, self.classes = images, labels, [str(c) for c in range(10)]
+        self.reads = np.zeros(len(images), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
+        self.reads[index] += 1
+        return self.images[index], int(self.targets[index])
+
+
+def test_cached_samples_equal_the_pipeline_and_read_each_item_once() -> None:
+    from vit_classification.task import AugmentedSamples
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 12)
+    fixed = build_train_transform(32, 1, (0.3,), (0.35,), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, color_ops=0)
+    subset = np.array([3, 0, 7, 11, 5])
+    plain = AugmentedSamples(_CountingSource(images, labels), fixed, subset, seed=0)
+    counting = _CountingSource(images, labels)
+    cached = AugmentedSamples(counting, fixed, subset, seed=0, cache=True)
+    for epoch in range(3):
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for index in range(len(subset)):
+            expected, got = plain[index], cached[index]
+            assert torch.equal(expected[0], got[0]) and expected[1:] == got[1:] == (int(labels[subset[index]]), index)
+    assert counting.reads[subset].tolist() == [1] * len(subset)  # later epochs never touch the source
+    assert counting.reads.sum() == len(subset)
+    # An evaluation set (no seed) caches too.
+    eval_counting = _CountingSource(images, labels)
+    evaluation = AugmentedSamples(eval_counting, build_eval_transform(32, 1, (0.3,), (0.35,)), seed=None, cache=True)
+    first = [evaluation[i][0] for i in range(len(images))]
+    assert all(torch.equal(first[i], evaluation[i][0]) for i in range(len(images)))
+    assert eval_counting.reads.tolist() == [1] * len(images)
+
+
+def test_cache_with_a_random_training_pipeline_is_refused() -> None:
+    from vit_classification.task import AugmentedSamples
+
+    images, labels = np.zeros((2, 28, 28, 1), dtype=np.uint8), np.zeros(2, dtype=np.int64)
+    flips = build_train_transform(32, 1, (0.3,), (0.35,), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, color_ops=0)
+    with pytest.raises(ValueError, match="data.cache_samples .* draws random ops"):
+        AugmentedSamples(_CountingSource(images, labels), flips, seed=0, cache=True)
+    AugmentedSamples(_CountingSource(images, labels), flips, seed=0, cache=False)  # without the cache: fine
+
+
 def test_transform_argument_errors() -> None:
     assert eval_resize_size(224, 0.875) == (256, 256) and eval_resize_size((224, 160), 0.9) == (248, 177)
     with pytest.raises(ValueError, match=r"mean has 3 values .* but channels=1"):

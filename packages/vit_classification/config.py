@@ -155,6 +155,10 @@ class DataConfig:
             run config holds them, so `predict` names its classes without the data.
         num_train_samples, num_eval_samples: use a fixed random subset of this many samples
             (same subset on every run and process); None uses all. For smoke tests and demos.
+        cache_samples: keep every transformed image in memory after its first read, so later
+            epochs skip decoding and the pipeline (`AugmentedSamples`). Only for data that fits
+            in memory as float32 model inputs, and only with a deterministic training pipeline
+            (no random crop, flip or colour op); the evaluation set is always deterministic.
     """
 
     format: DataFormat = "fashion_mnist"
@@ -173,6 +177,7 @@ class DataConfig:
     class_names: list[str] | None = None
     num_train_samples: int | None = None
     num_eval_samples: int | None = None
+    cache_samples: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)
