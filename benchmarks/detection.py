@@ -24,13 +24,16 @@ class) with the ratio and the issue's target (AP50 >= 0.7 and AP >= 0.45 in 20 m
 the 2-core CPU).
 
 Threads: ``--threads 1`` by default (measured that way while other jobs used the second core;
-users run with 2). Set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ as the Makefile does.
+users run with 2). ``--processes 2`` instead trains in two data-parallel processes of one thread
+each (`accelerate launch`, each process ``train.batch_size`` scenes per step). Set
+MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ as the Makefile does.
 
 Usage:
     python tasks/detect.py prepare scenes                      # once
     python benchmarks/detection.py                             # 20 minutes each, fast then plain
     python benchmarks/detection.py --minutes 5 --only fast
     python benchmarks/detection.py --quick                     # smoke run, about 2 minutes in all
+    python benchmarks/detection.py --only fast --processes 2 train.batch_size=4   # both cores, data parallel
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -91,7 +96,9 @@ class _RotatingSlices(Dataset):
 
     def __init__(self, dataset: Any, slice_len: int, seed: int = 0) -> None:
         self.dataset = dataset
-        self.slice_len = min(slice_len, len(dataset))
+        # A slice longer than the set wraps around (the index is taken modulo its length), so
+        # `--steps` trains exactly the steps it asks for whatever `data.num_train_samples` is.
+        self.slice_len = slice_len
         self.order = np.random.default_rng(seed).permutation(len(dataset))
         self.offset = 0
 
@@ -178,8 +185,12 @@ def class_agnostic_ap50(annotation_file: Path, results_file: Path) -> float:
 
 
 def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides: list[str],
-        total_steps: int | None = None) -> dict[str, Any]:
+        total_steps: int | None = None, processes: int = 1) -> dict[str, Any]:
     """Train one variant for `minutes` of wall time (or `total_steps` steps) through `fit`.
+
+    With `processes` > 1 the training runs in that many processes of one thread each, started by
+    `accelerate launch` (data parallel: every process takes `train.batch_size` scenes per step);
+    the calibration then times one process's step at one thread.
 
     Returns its evaluations and timing.
     """
@@ -190,8 +201,8 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
     step_s, eval_image_s = calibrate(config, calibration_steps)
     calibration_s = time.perf_counter() - calibration_start
     eval_images = config.data.num_eval_samples or 10**9
-    eval_s = eval_image_s * eval_images * 1.6  # post-processing and COCOeval on top of the forward pass
-    batch = config.train.batch_size
+    eval_s = eval_image_s * eval_images * 1.6 / processes  # post-processing and COCOeval on top of the forward pass
+    batch = config.train.batch_size * processes
     train_s = minutes * 60 * SAFETY - evals * eval_s
     if total_steps is not None:
         steps_per_epoch = max(1, total_steps // evals)
@@ -203,15 +214,25 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
     warmup = config.schedule.warmup_steps
     if warmup >= steps_per_epoch * evals:  # a smoke run: keep the warm-up shorter than the run
         warmup = max(0, steps_per_epoch * evals // 4)
-    config = load_config(DetectionConfig, CONFIG, [
-        *VARIANTS[name], *overrides, f"train.output_dir={output_dir}", "train.eval_every_epochs=1",
-        f"train.epochs={evals}", f"schedule.warmup_steps={warmup}"])
-    print(f"[{name}] calibration {calibration_s:.0f} s: {step_s:.3f} s/step (batch {batch}), "
-          f"~{eval_s:.0f} s/eval -> {evals} x {steps_per_epoch} steps ({steps_per_epoch * batch} scenes/epoch)",
-          flush=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    run_overrides = [*VARIANTS[name], *overrides, f"train.output_dir={output_dir}", "train.eval_every_epochs=1",
+                     f"train.epochs={evals}", f"schedule.warmup_steps={warmup}"]
+    config = load_config(DetectionConfig, CONFIG, run_overrides)
+    print(f"[{name}] calibration {calibration_s:.0f} s: {step_s:.3f} s/step ({processes} x batch "
+          f"{config.train.batch_size}), ~{eval_s:.0f} s/eval -> {evals} x {steps_per_epoch} steps "
+          f"({steps_per_epoch * batch} scenes/epoch)", flush=True)
     start = time.perf_counter()
-    result = fit(BudgetTask(config, steps_per_epoch * batch), config)
+    if processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        fit(BudgetTask(config, steps_per_epoch * batch), config)
+    else:
+        plan = output_dir / "benchmark_plan.json"
+        plan.write_text(json.dumps({"overrides": run_overrides, "slice_len": steps_per_epoch * batch}))
+        # The incantation that starts processes which really synchronise on a CPU machine (a plain
+        # `--cpu --num_processes 2` starts one); one torch thread each.
+        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                    "--main_process_port", "0", __file__, "--run-plan", str(plan)]
+        subprocess.run(launcher, check=True, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     evals_log = [r for r in records if r["split"] == "eval"]
@@ -219,7 +240,16 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
                                    output_dir / "coco_results.json")
     return {"name": name, "wall_s": wall, "steps": evals * steps_per_epoch, "step_s": step_s,
             "evals": [(r["time_s"], r["step"], r["AP"], r["AP50"]) for r in evals_log],
-            "final": result.metrics, "agnostic_ap50": agnostic, "output_dir": str(output_dir)}
+            "final": evals_log[-1], "agnostic_ap50": agnostic, "output_dir": str(output_dir),
+            "processes": processes}
+
+
+def run_plan(plan_file: Path) -> None:
+    """One process of a `--processes` run: `fit` on the plan `run` wrote (same config, same slices)."""
+    plan = json.loads(plan_file.read_text())
+    torch.set_num_threads(1)
+    config = load_config(DetectionConfig, CONFIG, plan["overrides"])
+    fit(BudgetTask(config, int(plan["slice_len"])), config)
 
 
 def main() -> None:
@@ -232,11 +262,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None,
                         help="train this many optimizer steps instead of filling --minutes (to compare "
                              "recipes step for step on a machine whose load changes); wall time is still reported")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="train each variant in this many data-parallel processes of one thread each "
+                             "(accelerate launch); the calibration then times one process's step at one thread")
+    parser.add_argument("--run-plan", type=Path, default=None, help=argparse.SUPPRESS)  # a launched process
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 minute per variant, 2 evaluations on 50 val scenes")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides for both variants")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.run_plan is not None:
+        run_plan(args.run_plan)
+        return
+    if args.processes < 1:
+        parser.error("--processes must be >= 1")
+    torch.set_num_threads(1 if args.processes > 1 else args.threads)
     minutes, overrides = args.minutes, list(args.overrides)
     if args.quick:
         minutes, overrides = 1.0, ["data.num_eval_samples=50", "eval.overlay_images=0", *overrides]
@@ -246,20 +285,23 @@ def main() -> None:
         raise FileNotFoundError("data/fashion_scenes/summary.json not found: run `python tasks/detect.py prepare "
                                 "scenes` first (from the repository root)")
     names = [args.only] if args.only else ["fast", "plain"]
+    workers = (f"{args.processes} processes x 1 thread" if args.processes > 1
+               else f"{torch.get_num_threads()} torch thread(s)")
     print(f"detection benchmark: {CONFIG.relative_to(ROOT)}, {minutes:g} min per variant, {evals} evaluations, "
-          f"{torch.get_num_threads()} torch thread(s), variants run one after the other", flush=True)
+          f"{workers}, variants run one after the other", flush=True)
     # 30 timed steps: batches differ in input size (64 or 72 px) and in their number of objects (and so of
     # denoising queries). The median still varies between runs: on the idle machine (2026-11-29, 2 threads,
     # 5 denoising groups) three calibrations within ten minutes read 0.199 (8 steps), 0.209 and 0.299 s for
     # steps that took ~0.28 s in `fit`; a plan from a low reading overruns the budget. `--steps` fixes the count.
-    results = [run(name, minutes, evals, 3 if args.quick else 30, overrides, args.steps) for name in names]
+    results = [run(name, minutes, evals, 3 if args.quick else 30, overrides, args.steps, args.processes)
+               for name in names]
 
     for result in results:
         print(f"\n{result['name']}: {result['steps']} steps, {result['wall_s']:.0f} s wall  ({result['output_dir']})")
         print(f"  {'time_s':>7} {'step':>6} {'AP':>7} {'AP50':>7}")
         for time_s, step, ap, ap50 in result["evals"]:
             print(f"  {time_s:7.0f} {step:6d} {ap:7.3f} {ap50:7.3f}")
-    print(f"\nafter {minutes:g} min ({torch.get_num_threads()} thread(s)):")
+    print(f"\nafter {minutes:g} min ({workers}):")
     print(f"  {'variant':<8} {'wall_s':>7} {'steps':>6} {'AP':>7} {'AP50':>7} {'AP75':>7} {'AP50 any class':>15}")
     for result in results:
         final = result["final"]
