@@ -354,6 +354,25 @@ def test_training_subset_is_fixed(tmp_path: Path) -> None:
     assert len(one) == 13 and one.indices.tolist() == two.indices.tolist()
 
 
+def test_cache_samples_flows_from_the_config_and_refuses_random_training_pipelines(tmp_path: Path) -> None:
+    root = write_idx_dataset(tmp_path / "idx")
+    deterministic = idx_config(root, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0)
+    cached = dataclasses.replace(deterministic, data=dataclasses.replace(deterministic.data, cache_samples=True))
+    task = ClassificationTask(cached)
+    train_set, eval_set = task.build_train_dataset(), task.build_eval_dataset()
+    reference = ClassificationTask(deterministic).build_train_dataset()
+    assert train_set.cache == {} and eval_set.cache == {} and reference.cache is None
+    for epoch in (0, 1):
+        train_set.set_epoch(epoch)
+        assert torch.equal(train_set[4][0], reference[4][0])
+    assert list(train_set.cache) == [4]
+    flips = idx_config(root)  # hflip 0.5 and a random crop scale
+    flips = dataclasses.replace(flips, data=dataclasses.replace(flips.data, cache_samples=True))
+    with pytest.raises(ValueError, match="data.cache_samples .* draws random ops"):
+        ClassificationTask(flips).build_train_dataset()
+    assert ClassificationTask(flips).build_eval_dataset().cache == {}  # evaluation is deterministic
+
+
 def test_cifar10_task_reads_names_and_converts_channels(tmp_path: Path) -> None:
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
