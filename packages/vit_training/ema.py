@@ -7,7 +7,6 @@ import copy
 import torch
 from torch import nn
 
-
 # The update count's key in `ModelEma.state_dict`, beside the module's own keys (dotted attribute
 # paths such as "blocks.0.attn.qkv.weight", which this name cannot collide with).
 UPDATES_KEY = "_ema_num_updates"
