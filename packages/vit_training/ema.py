@@ -22,7 +22,7 @@ class ModelEma:
     With `warmup`, the decay of update t (counted from 1) is min(decay, (1 + t) / (10 + t)), the
     schedule of TensorFlow's `ExponentialMovingAverage(num_updates=...)`: the first averages forget
     the random initial weights within tens of steps, and the horizon 1 / (1 - decay) then grows
-    with training (about t / 10 steps) up to the cap. A fixed decay of 0.998 still holds 15% of the
+    with training (about t / 10 steps) up to the cap. A fixed decay of 0.998 still holds 14% of the
     initial weights after 1,000 steps; warmed up, the same cap is reached after about 4,500.
 
     It has `state_dict` / `load_state_dict`, so `Accelerator.register_for_checkpointing` saves and
