@@ -123,17 +123,17 @@ def probe_costs(task: ClassificationTask, steps: int) -> tuple[float, float]:
     train_set, eval_set = task.build_datasets()
     if eval_set is None:
         raise ValueError(f"{CONFIG}: the recipe names no evaluation set")
-    loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
-                        generator=torch.Generator().manual_seed(0))
+    def probe_loader() -> DataLoader:  # the same batch order every time it is built
+        return DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
+                          generator=torch.Generator().manual_seed(0))
+
     if getattr(train_set, "cache", None) is not None:
         # With data.cache_samples only the first epoch runs the pipeline: read the probe's batches
-        # once untimed (the loader's fixed generator repeats the order), so the timed steps load as
-        # epochs 2..N do. The first epoch's extra loading is left to SAFETY.
-        for _batch, _ in zip(loader, range(WARMUP_STEPS + steps), strict=False):
+        # once untimed, so the timed steps load as epochs 2..N do. The first epoch's extra loading
+        # is left to SAFETY.
+        for _batch, _ in zip(probe_loader(), range(WARMUP_STEPS + steps), strict=False):
             pass
-        loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
-                            generator=torch.Generator().manual_seed(0))
-    step_s = median_step_seconds(task, model, loader, config, steps, WARMUP_STEPS)
+    step_s = median_step_seconds(task, model, probe_loader(), config, steps, WARMUP_STEPS)
     model.eval()
     eval_loader = DataLoader(eval_set, batch_size=config.train.batch_size, shuffle=False)
     timed = 0

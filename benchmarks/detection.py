@@ -53,7 +53,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -66,6 +65,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from vit_detection.config import DetectionConfig  # noqa: E402
 from vit_detection.task import DetectionTask, data_path  # noqa: E402
 from vit_training import load_config  # noqa: E402
+from vit_training.cli import cpu_launch_command  # noqa: E402
 from vit_training.loop import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,12 +227,8 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
     else:
         plan = output_dir / "benchmark_plan.json"
         plan.write_text(json.dumps({"overrides": run_overrides, "slice_len": steps_per_epoch * batch}))
-        # The incantation that starts processes which really synchronise on a CPU machine (a plain
-        # `--cpu --num_processes 2` starts one); one torch thread each.
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                    "--main_process_port", "0", __file__, "--run-plan", str(plan)]
-        subprocess.run(launcher, check=True, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+        subprocess.run([*cpu_launch_command(processes), __file__, "--run-plan", str(plan)], check=True,
+                       env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     evals_log = [r for r in records if r["split"] == "eval"]

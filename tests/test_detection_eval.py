@@ -36,6 +36,7 @@ from vit_detection.coco_eval import (
     write_coco_results,
 )
 from vit_detection.visualize import denormalize, draw_detections, save_overlays, target_boxes_xyxy
+from vit_training.cli import cpu_launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 CATEGORY_IDS = [1, 17, 90]  # COCO-like gaps; label i <-> CATEGORY_IDS[i]
@@ -290,8 +291,7 @@ def test_two_processes_evaluate_exactly_like_one(tmp_path: Path) -> None:
     gt = make_ground_truth(num_images=7, seed=11)  # 7 images over 2 processes x batch 2: the last batch is padded
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(gt))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    launcher = cpu_launch_command(2)
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     process = subprocess.run([*launcher, __file__, "worker", str(gt_path), str(tmp_path / "out")], cwd=ROOT,
                              env=environment, capture_output=True, text=True, timeout=240)

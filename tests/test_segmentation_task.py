@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from vit_segmentation.config import SegmentationConfig
 from vit_segmentation.metrics import case_metrics, summarize
 from vit_segmentation.task import SegmentationTask, predict_volume
+from vit_training.cli import cpu_launch_command
 from vit_training.config import ConfigError, load_config
 from vit_training.loop import fit
 
@@ -35,9 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEGMENT = ROOT / "tasks" / "segment.py"
 CONFIGS = sorted((ROOT / "configs" / "segmentation").glob("*.yaml"))
 CLASS_NAMES = ["disc", "square"]
-LAUNCH_TWO = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "0"]
+LAUNCH_TWO = cpu_launch_command(2)
 
 
 # ---------------------------------------------------------------------------------------- data

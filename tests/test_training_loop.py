@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from toy_task import ToyConfig, ToyTask
 
 from vit_training import load_config
+from vit_training.cli import cpu_launch_command
 from vit_training.loop import NonFiniteLossError, fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,8 +129,7 @@ def test_gradient_accumulation_matches_one_larger_batch(tmp_path: Path) -> None:
 
 
 def test_two_processes_synchronise_and_evaluate_like_one(tmp_path: Path) -> None:
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    launcher = cpu_launch_command(2)
     out_dir = tmp_path / "ddp"
     two = finish(run_toy("fit", f"train.output_dir={out_dir}", "train.epochs=2", env={"ACCELERATE_USE_CPU": "1"},
                          launcher=launcher))
@@ -148,8 +148,7 @@ def test_two_processes_synchronise_and_evaluate_like_one(tmp_path: Path) -> None
 def test_plain_multi_gpu_launch_on_a_cpu_machine_also_synchronises(tmp_path: Path) -> None:
     # Without ACCELERATE_USE_CPU=1, `--multi_gpu` on a CPU machine starts processes that each
     # think they are alone unless the script asks for the CPU itself; fit() does.
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
+    launcher = cpu_launch_command(2)
     environment = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"}
     process = subprocess.Popen(launcher + [str(TOY), "fit", f"train.output_dir={tmp_path}", "train.epochs=1"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,6 +90,18 @@ def configure_logging(package: str) -> None:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.getLogger(package).setLevel(logging.INFO if main_process else logging.WARNING)
+
+
+def cpu_launch_command(num_processes: int) -> list[str]:
+    """The `accelerate launch` command line (without the script) for `num_processes` CPU processes.
+
+    Run it with ``ACCELERATE_USE_CPU=1`` in the environment: with it, ``--multi_gpu`` starts
+    processes that join one gloo group and really synchronise, where the plain ``--cpu
+    --num_processes N`` starts one. One torch thread per process (``OMP_NUM_THREADS=1``) suits a
+    machine with as many cores as processes.
+    """
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
 
 
 def exit_status(status: int) -> int:
