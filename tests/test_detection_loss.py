@@ -18,6 +18,7 @@ from vit_detection.box_ops import (
 from vit_detection.criterion import SetCriterion, denoising_indices, global_num_boxes
 from vit_detection.matcher import HungarianMatcher
 from vit_detection.postprocess import PostProcess
+from vit_detection.scores import focal_matching_cost
 
 NUM_CLASSES = 3
 
@@ -95,6 +96,68 @@ def ref_losses(outputs: dict, targets: list[dict], num_boxes: float, eos_coef: f
     return result
 
 
+def ref_focal_terms(logit: float, alpha: float, gamma: float) -> tuple[float, float]:
+    """(loss if this class is the target, loss if it is not) of one sigmoid logit, math only."""
+    p = 1.0 / (1.0 + math.exp(-logit))
+    positive = -alpha * (1.0 - p) ** gamma * math.log(p)
+    negative = -(1.0 - alpha) * p ** gamma * math.log(1.0 - p)
+    return positive, negative
+
+
+def ref_sigmoid_cost(logits: torch.Tensor, boxes: torch.Tensor, target: dict, alpha: float = 0.25,
+                     gamma: float = 2.0, weights=(2.0, 5.0, 2.0)) -> list[list[float]]:
+    """(Q, T) matching cost with the focal class cost: the focal loss's change if q becomes a positive."""
+    cost = []
+    for q in range(len(boxes)):
+        row = []
+        for t in range(len(target["labels"])):
+            positive, negative = ref_focal_terms(logits[q, int(target["labels"][t])].item(), alpha, gamma)
+            pred, tgt = boxes[q].double().tolist(), target["boxes"][t].double().tolist()
+            l1 = sum(abs(p - g) for p, g in zip(pred, tgt, strict=True))
+            row.append(weights[0] * (positive - negative) + weights[1] * l1 + weights[2] * -ref_giou(pred, tgt))
+        cost.append(row)
+    return cost
+
+
+def ref_sigmoid_losses(outputs: dict, targets: list[dict], num_boxes: float, alpha: float = 0.25,
+                       gamma: float = 2.0) -> dict[str, float]:
+    """The losses with sigmoid class scores: focal loss over every query and class / num_boxes."""
+    layers = list(outputs.get("aux_outputs", [])) + [outputs]
+    result: dict[str, float] = {}
+    for index, layer in enumerate(layers):
+        suffix = "" if index == len(layers) - 1 else f"_{index}"
+        focal = l1 = giou = card = 0.0
+        correct = matched = 0
+        for image, target in enumerate(targets):
+            logits, boxes = layer["pred_logits"][image].double(), layer["pred_boxes"][image].double()
+            _, assignment = brute_force_match(ref_sigmoid_cost(logits, boxes, target, alpha, gamma))
+            for q in range(len(logits)):
+                cls = int(target["labels"][assignment[q]]) if q in assignment else None
+                for c in range(NUM_CLASSES):
+                    positive, negative = ref_focal_terms(logits[q, c].item(), alpha, gamma)
+                    focal += positive if c == cls else negative
+                if q in assignment:
+                    pred, tgt = boxes[q].tolist(), target["boxes"][assignment[q]].double().tolist()
+                    l1 += sum(abs(p - g) for p, g in zip(pred, tgt, strict=True))
+                    giou += 1 - ref_giou(pred, tgt)
+                    matched += 1
+                    correct += int(int(logits[q].argmax()) == cls)
+            confident = sum(int(row.max().item() > 0) for row in logits)  # some sigmoid above 0.5
+            card += abs(confident - len(target["labels"])) / len(targets)
+        result[f"loss_ce{suffix}"] = focal / num_boxes
+        result[f"loss_bbox{suffix}"] = l1 / num_boxes
+        result[f"loss_giou{suffix}"] = giou / num_boxes
+        result[f"cardinality_error{suffix}"] = card
+        if not suffix:
+            result["class_error"] = 100.0 - 100.0 * correct / matched if matched else 100.0
+    return result
+
+
+def sigmoid_criterion(alpha: float = 0.25, gamma: float = 2.0) -> SetCriterion:
+    matcher = HungarianMatcher(cost_class=2.0, class_score="sigmoid", focal_alpha=alpha, focal_gamma=gamma)
+    return SetCriterion(NUM_CLASSES, matcher, class_score="sigmoid", focal_alpha=alpha, focal_gamma=gamma)
+
+
 # ---------------------------------------------------------------------- data
 def random_boxes(count: int) -> torch.Tensor:
     centres = 0.2 + 0.6 * torch.rand(count, 2)
@@ -109,9 +172,9 @@ def random_targets(counts: list[int]) -> list[dict]:
     ]
 
 
-def random_outputs(batch: int, queries: int, aux_layers: int = 0) -> dict:
+def random_outputs(batch: int, queries: int, aux_layers: int = 0, num_logits: int = NUM_CLASSES + 1) -> dict:
     def layer() -> dict:
-        return {"pred_logits": torch.randn(batch, queries, NUM_CLASSES + 1) * 2,
+        return {"pred_logits": torch.randn(batch, queries, num_logits) * 2,
                 "pred_boxes": torch.cat([torch.rand(batch, queries, 2), 0.05 + 0.4 * torch.rand(batch, queries, 2)], -1)}
     outputs = layer()
     if aux_layers:
@@ -152,6 +215,31 @@ def test_matcher_finds_the_brute_force_optimum(seed: int) -> None:
         assert found == pytest.approx(best, abs=1e-5)
         assert sorted(tgt_idx.tolist()) == list(range(len(target["labels"])))
         assert len(set(pred_idx.tolist())) == len(pred_idx)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_sigmoid_matcher_finds_the_brute_force_optimum_of_the_focal_cost(seed: int) -> None:
+    torch.manual_seed(100 + seed)
+    counts = [min(1 + seed, 4), 0, 3]
+    targets = random_targets(counts)
+    outputs = random_outputs(len(counts), 5, num_logits=NUM_CLASSES)
+    matcher = HungarianMatcher(cost_class=2.0, class_score="sigmoid", focal_alpha=0.3, focal_gamma=1.5)
+    for image, (target, (pred_idx, tgt_idx)) in enumerate(zip(targets, matcher(outputs, targets), strict=True)):
+        cost = ref_sigmoid_cost(outputs["pred_logits"][image], outputs["pred_boxes"][image], target, 0.3, 1.5)
+        best, _ = brute_force_match(cost)
+        found = sum(cost[q][t] for q, t in zip(pred_idx.tolist(), tgt_idx.tolist(), strict=True))
+        assert found == pytest.approx(best, abs=1e-5)
+        assert sorted(tgt_idx.tolist()) == list(range(len(target["labels"])))
+
+
+def test_focal_matching_cost_stays_finite_for_saturated_logits() -> None:
+    logits = torch.tensor([-200.0, -20.0, 0.0, 20.0, 200.0])
+    cost = focal_matching_cost(logits, 0.25, 2.0)
+    assert torch.isfinite(cost).all()
+    # A confident right class costs less than an unsure one, which costs less than a confident wrong one.
+    assert cost[4] < cost[2] < cost[0]
+    expected = [ref_focal_terms(x, 0.25, 2.0) for x in (-20.0, 0.0, 20.0)]
+    torch.testing.assert_close(cost[1:4].double(), torch.tensor([p - n for p, n in expected], dtype=torch.float64))
 
 
 def test_matcher_batched_equals_per_image() -> None:
@@ -205,6 +293,49 @@ def test_every_loss_term_matches_the_float64_reference(eos_coef: float) -> None:
     assert set(losses) == set(expected)
     for key, value in expected.items():
         assert losses[key].item() == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+@pytest.mark.parametrize(("alpha", "gamma"), [(0.25, 2.0), (0.5, 1.0)])
+def test_sigmoid_focal_terms_match_the_float64_reference(alpha: float, gamma: float) -> None:
+    torch.manual_seed(7)
+    targets = random_targets([3, 0, 4, 1])
+    outputs = random_outputs(4, 6, aux_layers=2, num_logits=NUM_CLASSES)
+    losses = sigmoid_criterion(alpha, gamma)(outputs, targets, num_boxes=8.0)
+    expected = ref_sigmoid_losses(outputs, targets, num_boxes=8.0, alpha=alpha, gamma=gamma)
+    assert set(losses) == set(expected)
+    for key, value in expected.items():
+        assert losses[key].item() == pytest.approx(value, rel=1e-5, abs=1e-5), key
+
+
+def test_sigmoid_losses_with_only_empty_targets_are_all_negatives() -> None:
+    outputs = random_outputs(2, 5, num_logits=NUM_CLASSES)
+    losses = sigmoid_criterion()(outputs, random_targets([0, 0]))
+    expected = ref_sigmoid_losses(outputs, random_targets([0, 0]), num_boxes=1.0)
+    assert losses["loss_ce"].item() == pytest.approx(expected["loss_ce"], rel=1e-5)
+    assert losses["loss_bbox"].item() == 0.0 and losses["class_error"].item() == 100.0
+
+
+def test_sigmoid_denoising_terms_leave_padding_slots_out() -> None:
+    targets = random_targets([2, 0, 3])
+    groups, group_size = 2, 3
+    outputs = random_outputs(3, 5, num_logits=NUM_CLASSES)
+    outputs["dn_outputs"] = random_outputs(3, groups * group_size, num_logits=NUM_CLASSES)
+    outputs["dn_meta"] = {"num_groups": groups, "group_size": group_size}
+    losses = sigmoid_criterion()(outputs, targets, num_boxes=5.0)
+    focal = 0.0
+    for image, target in enumerate(targets):
+        for g in range(groups):
+            for j, label in enumerate(target["labels"].tolist()):
+                logits = outputs["dn_outputs"]["pred_logits"][image, g * group_size + j].double().tolist()
+                focal += sum(ref_focal_terms(x, 0.25, 2.0)[0 if c == label else 1] for c, x in enumerate(logits))
+    assert losses["loss_ce_dn"].item() == pytest.approx(focal / (5.0 * groups), rel=1e-5)
+
+
+def test_criterion_and_matcher_must_read_the_same_class_scores() -> None:
+    with pytest.raises(ValueError, match="sigmoid class scores but its matcher softmax"):
+        SetCriterion(NUM_CLASSES, HungarianMatcher(), class_score="sigmoid")
+    with pytest.raises(ValueError, match="class_score='logits' is not one of"):
+        HungarianMatcher(class_score="logits")  # type: ignore[arg-type]
 
 
 def test_losses_with_only_empty_targets() -> None:
@@ -379,6 +510,22 @@ def test_postprocess_scores_labels_and_original_pixel_boxes() -> None:
     torch.testing.assert_close(results[1]["boxes"][2], torch.tensor(expected))
     with pytest.raises(ValueError, match="orig_sizes must be"):
         PostProcess()(outputs, torch.tensor([100, 200]))
+
+
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_postprocess_reads_sigmoid_scores_per_class(top_k: int | None) -> None:
+    outputs = random_outputs(2, 5, num_logits=NUM_CLASSES)
+    results = PostProcess(top_k=top_k, class_score="sigmoid")(outputs, torch.tensor([[100, 200], [30, 40]]))
+    for image, result in enumerate(results):
+        prob = outputs["pred_logits"][image].sigmoid()
+        pairs = sorted(((prob[q, c].item(), q, c) for q in range(5) for c in range(NUM_CLASSES)), reverse=True)
+        if top_k is None:  # one detection per query: its most probable class
+            best = prob.max(-1)
+            torch.testing.assert_close(result["scores"], best.values)
+            assert result["labels"].tolist() == best.indices.tolist()
+        else:
+            torch.testing.assert_close(result["scores"], torch.tensor([p for p, _, _ in pairs[:top_k]]))
+            assert result["labels"].tolist() == [c for _, _, c in pairs[:top_k]]
 
 
 @pytest.mark.parametrize("top_k", [5, 200])

@@ -197,26 +197,35 @@ def test_backbone_feature_from_a_block_trims_unused_parts() -> None:
         DETR(tiny_vit(), NUM_CLASSES, backbone_feature="stem")
 
 
-def test_two_stage_queries_are_the_best_encoder_proposals() -> None:
-    model = tiny_detr(query_type="anchor", two_stage=True, dn_groups=2, dropout=0.0)
+@pytest.mark.parametrize("class_score", ["softmax", "sigmoid"])
+def test_two_stage_queries_are_the_best_encoder_proposals(class_score: str) -> None:
+    model = tiny_detr(query_type="anchor", two_stage=True, dn_groups=2, dropout=0.0, class_score=class_score)
+    num_logits = NUM_CLASSES + 1 if class_score == "softmax" else NUM_CLASSES
     images = torch.randn(2, 3, 16, 24)
     mask = torch.zeros(2, 16, 24, dtype=torch.bool)
     mask[1, :, 16:] = True  # image 1 is 16 x 16: its last 2 of 6 token columns are padding
     outputs = model(images, mask, targets=sample_targets())
     enc = outputs["enc_outputs"]
-    assert enc["pred_logits"].shape == (2, 24, NUM_CLASSES + 1) and enc["pred_boxes"].shape == (2, 24, 4)
+    assert enc["pred_logits"].shape == (2, 24, num_logits) and enc["pred_boxes"].shape == (2, 24, 4)
+    assert outputs["pred_logits"].shape == (2, 8, num_logits)
     assert enc["pred_valid"].sum(1).tolist() == [24, 16]
     # Proposals start as the cells' reference boxes (zero-initialised corrections): cell (0, 0)
     # of image 1 is centred at half a cell of its own 4 x 4 valid grid and two cells wide.
     torch.testing.assert_close(enc["pred_boxes"][1, 0], torch.tensor([0.125, 0.125, 0.5, 0.5]))
     # Layer 0 of the decoder predicts its anchors unchanged: they are proposals of valid cells
     # with the highest object scores.
-    scores = enc["pred_logits"].softmax(-1)[..., :-1].amax(-1).masked_fill(~enc["pred_valid"], -1)
+    if class_score == "softmax":
+        prob = enc["pred_logits"].softmax(-1)[..., :-1]
+    else:  # one sigmoid per class, every head starting at probability 0.01 (RetinaNet's prior)
+        prob = enc["pred_logits"].sigmoid()
+        for head in (model.class_head, model.enc_class_head):
+            torch.testing.assert_close(head.bias.sigmoid(), torch.full((NUM_CLASSES,), 0.01))
+    scores = prob.amax(-1).masked_fill(~enc["pred_valid"], -1)
     for image in range(2):
         chosen = outputs["aux_outputs"][0]["pred_boxes"][image]
         best = enc["pred_boxes"][image][scores[image].topk(8).indices]
         torch.testing.assert_close(chosen, best)
-    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher())
+    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(class_score=class_score), class_score=class_score)
     losses = criterion(outputs, sample_targets())
     assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
     criterion.total(losses).backward()
@@ -233,6 +242,8 @@ def test_bad_options_are_clear_errors() -> None:
         tiny_detr(dn_groups=2)
     with pytest.raises(ValueError, match="neck='fpn'"):
         tiny_detr(neck="fpn")
+    with pytest.raises(ValueError, match="class_score='focal' is not one of"):
+        tiny_detr(class_score="focal")
     with pytest.raises(ValueError, match="pad_mask has shape"):
         tiny_detr()(torch.randn(1, 3, 16, 16), torch.zeros(1, 8, 8, dtype=torch.bool))
 
@@ -270,11 +281,13 @@ def test_denoising_queries_only_in_training_and_invisible_to_matching_queries() 
 
 
 # ---------------------------------------------------------------------- training
-@pytest.mark.parametrize(("query_type", "dn_groups", "two_stage"),
-                         [("learned", 0, False), ("anchor", 2, False), ("anchor", 2, True)])
-def test_tiny_overfit_makes_the_loss_fall(query_type: str, dn_groups: int, two_stage: bool) -> None:
-    model = tiny_detr(query_type=query_type, dn_groups=dn_groups, two_stage=two_stage, dropout=0.0)
-    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher())
+@pytest.mark.parametrize(("query_type", "dn_groups", "two_stage", "class_score"),
+                         [("learned", 0, False, "softmax"), ("anchor", 2, False, "softmax"),
+                          ("anchor", 2, True, "softmax"), ("anchor", 2, True, "sigmoid")])
+def test_tiny_overfit_makes_the_loss_fall(query_type: str, dn_groups: int, two_stage: bool, class_score: str) -> None:
+    model = tiny_detr(query_type=query_type, dn_groups=dn_groups, two_stage=two_stage, dropout=0.0,
+                      class_score=class_score)
+    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(class_score=class_score), class_score=class_score)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.randn(2, 3, 16, 16)
     mask = torch.zeros(2, 16, 16, dtype=torch.bool)

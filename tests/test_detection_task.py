@@ -108,6 +108,10 @@ def test_config_errors_name_the_field(coco_root: Path, tmp_path: Path) -> None:
         tiny_config(coco_root, tmp_path, "model.query_type=learned", "model.dn_groups=0", "model.two_stage=true")
     with pytest.raises(ConfigError, match=r"patch_size=8 must equal the conv_stem's stride 4 \(2\*\*2\)"):
         tiny_config(coco_root, tmp_path, "model.conv_stem=[16,32]", "model.patch_size=8")
+    with pytest.raises(ConfigError, match=r"model.class_score.*'focal'.*softmax.*sigmoid"):
+        tiny_config(coco_root, tmp_path, "model.class_score=focal")
+    with pytest.raises(ConfigError, match=r"focal_alpha=1.5 must lie in \(0, 1\)"):
+        tiny_config(coco_root, tmp_path, "loss.focal_alpha=1.5")
     with pytest.raises(ConfigError, match="max_dets=5 must be > 10"):
         tiny_config(coco_root, tmp_path, "eval.max_dets=5")
     with pytest.raises(ConfigError, match="unknown key 'model.num_querys'.*did you mean 'num_queries'"):

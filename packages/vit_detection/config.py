@@ -22,6 +22,8 @@ from vit_backbone import preset_names
 from vit_backbone.conv_stem import conv_stem_error
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
+from .scores import ClassScore
+
 NeckKind = Literal["single", "simple_fpn"]
 QueryKind = Literal["learned", "anchor"]
 PretrainedLayout = Literal["auto", "timm", "torchvision", "hf", "jax"]
@@ -73,6 +75,10 @@ class DetectionModelConfig:
         dn_box_noise: jitter of the denoising boxes, as a fraction of their width / height.
         backbone_feature: the backbone output the neck reads: ``"norm"`` (final tokens) or
             ``"blocks.N"`` (an earlier block; the later ones are dropped).
+        class_score: ``"softmax"`` (DETR: C + 1 logits, the last "no object", cross-entropy with
+            `loss.eos_coef`, matching cost -p) or ``"sigmoid"`` (Deformable DETR, DINO: C logits,
+            one sigmoid per class, sigmoid focal loss and the focal matching cost; "no object" is
+            every class's probability near 0).
     """
 
     preset: str = "vit_tiny_patch16"
@@ -103,6 +109,7 @@ class DetectionModelConfig:
     dn_label_noise: float = 0.2
     dn_box_noise: float = 0.4
     backbone_feature: str = "norm"
+    class_score: ClassScore = "softmax"
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -146,9 +153,14 @@ class LossConfig:
     """Hungarian matching costs and set-loss weights (DETR: 1 / 5 / 2 and eos 0.1).
 
     Args:
-        cost_class, cost_bbox, cost_giou: matching cost weights of -p(class), L1 and -GIoU.
-        ce_weight, bbox_weight, giou_weight: loss weights of cross-entropy, L1 and GIoU.
-        eos_coef: relative weight of the "no object" class in the cross-entropy.
+        cost_class, cost_bbox, cost_giou: matching cost weights of the class cost (-p(class), or the
+            focal cost with sigmoid scores), L1 and -GIoU.
+        ce_weight, bbox_weight, giou_weight: loss weights of the class loss (cross-entropy, or the
+            sigmoid focal loss), L1 and GIoU.
+        eos_coef: relative weight of the "no object" class in the cross-entropy (softmax scores).
+        focal_alpha, focal_gamma: the sigmoid focal loss's weight of positives and focusing
+            exponent (Lin et al. 2017: 0.25 and 2), in the loss and the matching cost (sigmoid
+            scores only).
     """
 
     cost_class: float = 1.0
@@ -158,12 +170,15 @@ class LossConfig:
     bbox_weight: float = 5.0
     giou_weight: float = 2.0
     eos_coef: float = 0.1
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("cost_class", "cost_bbox", "cost_giou", "ce_weight", "bbox_weight", "giou_weight"):
+        for name in ("cost_class", "cost_bbox", "cost_giou", "ce_weight", "bbox_weight", "giou_weight", "focal_gamma"):
             value = getattr(self, name)
             _check(value >= 0, f"{name}={value} must be >= 0")
         _check(0 < self.eos_coef <= 1, f"eos_coef={self.eos_coef} must lie in (0, 1]")
+        _check(0 < self.focal_alpha < 1, f"focal_alpha={self.focal_alpha} must lie in (0, 1)")
 
 
 @dataclass

@@ -7,11 +7,14 @@ re-matched on its own predictions; Carion et al. 2020, sec. 3.2):
   labelled "no object" (index C), whose class weight is `eos_coef` (the no-object class
   outnumbers the objects ~25:1 on COCO). It is the weighted mean sum(w[t] * nll) / sum(w[t]),
   so it is NOT divided by the number of boxes.
+  With sigmoid class scores (`scores`) it is instead the sigmoid focal loss (Lin et al. 2017,
+  alpha and gamma as configured) of every query and class against a one-hot target (all zeros
+  for "no object"), summed and divided by `num_boxes` as Deformable DETR does.
 * ``loss_bbox``: sum of |pred - target| over matched pairs and the 4 normalised cxcywh
   coordinates, divided by `num_boxes`.
 * ``loss_giou``: sum of 1 - GIoU(pred, target) over matched pairs, divided by `num_boxes`.
 * ``cardinality_error`` (logged, no gradient): mean over images of |#queries whose argmax is
-  not "no object" - T_b|.
+  not "no object" (with sigmoid scores: some class above probability 0.5) - T_b|.
 * ``class_error`` (logged, last layer only): 100 - top-1 accuracy (%) of the matched queries;
   100 when nothing is matched.
 
@@ -38,9 +41,11 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
 from .box_ops import box_cxcywh_to_xyxy, check_boxes, paired_generalized_box_iou
 from .matcher import HungarianMatcher, MatchIndices, image_ids_of
+from .scores import CLASS_SCORES, ClassScore
 
 __all__ = ["DEFAULT_WEIGHT_DICT", "SetCriterion", "denoising_indices", "global_num_boxes"]
 
@@ -104,13 +109,17 @@ class SetCriterion(nn.Module):
     """DETR's loss for a batch: match, then weigh class and box errors (see the module docstring).
 
     Args:
-        num_classes: C, the number of real classes (the logits have C + 1 columns).
+        num_classes: C, the number of real classes (the logits have C + 1 columns; C with
+            sigmoid scores).
         matcher: assigns predictions to targets per image and layer.
-        eos_coef: class weight of "no object" in `loss_ce`.
+        eos_coef: class weight of "no object" in `loss_ce` (softmax scores).
         weight_dict: weight of each loss in `total`; keys are base names (``"loss_ce"``), which
             also weigh their layer- and denoising-suffixed variants (``"loss_ce_3"``,
             ``"loss_ce_dn"``) unless those are listed themselves.
         aux_loss: also supervise every decoder layer but the last ("aux_outputs").
+        class_score: ``"softmax"`` (cross-entropy over C + 1) or ``"sigmoid"`` (focal loss over C);
+            must be the model's and the matcher's.
+        focal_alpha, focal_gamma: the sigmoid focal loss's parameters.
     """
 
     def __init__(
@@ -120,6 +129,9 @@ class SetCriterion(nn.Module):
         eos_coef: float = 0.1,
         weight_dict: Mapping[str, float] | None = None,
         aux_loss: bool = True,
+        class_score: ClassScore = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -131,12 +143,20 @@ class SetCriterion(nn.Module):
         self.eos_coef = eos_coef
         self.weight_dict = dict(DEFAULT_WEIGHT_DICT if weight_dict is None else weight_dict)
         self.aux_loss = aux_loss
+        if class_score not in CLASS_SCORES:
+            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+        if matcher.class_score != class_score:
+            raise ValueError(f"the criterion reads {class_score} class scores but its matcher {matcher.class_score}")
+        self.class_score = class_score
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
         class_weight = torch.ones(num_classes + 1)
         class_weight[-1] = eos_coef
         self.register_buffer("empty_weight", class_weight, persistent=False)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, aux_loss={self.aux_loss}"
+        return (f"num_classes={self.num_classes}, class_score={self.class_score!r}, eos_coef={self.eos_coef}, "
+                f"aux_loss={self.aux_loss}")
 
     # ------------------------------------------------------------------ weights
     def weight_of(self, key: str) -> float | None:
@@ -162,7 +182,8 @@ class SetCriterion(nn.Module):
         """All losses of a batch.
 
         Args:
-            outputs: the model's dict: "pred_logits" (B, Q, C + 1), "pred_boxes" (B, Q, 4)
+            outputs: the model's dict: "pred_logits" (B, Q, C + 1) ((B, Q, C) with sigmoid
+                scores), "pred_boxes" (B, Q, 4)
                 sigmoid cxcywh normalised by each image's unpadded size, optionally
                 "aux_outputs" (list of dicts with the same keys, one per earlier decoder layer),
                 "dn_outputs" / "dn_meta" (denoising queries) and "enc_outputs" (two-stage
@@ -232,12 +253,12 @@ class SetCriterion(nn.Module):
         """Per-layer losses, all layers in one batched pass.
 
         Args:
-            logits: (L, B, Q, C + 1); boxes: (L, B, Q, 4) cxcywh.
+            logits: (L, B, Q, C + 1) ((L, B, Q, C) with sigmoid scores); boxes: (L, B, Q, 4) cxcywh.
             indices: per layer, per image (pred_idx, tgt_idx).
             labels, tgt_boxes: per image (T_b,) and (T_b, 4), on the device of `logits`.
             num_boxes: normaliser of the box terms.
-            no_object: True: unmatched queries are "no object" (weighted by eos_coef), and the
-                cardinality error is reported. False (denoising): unmatched queries are ignored.
+            no_object: True: unmatched queries are "no object" (weighted by eos_coef, or
+                negatives of every class in the focal loss), and the cardinality error is reported. False (denoising): unmatched queries are ignored.
             valid: optional (L, B, Q) bool; predictions where it is False are left out of the
                 class loss and the cardinality (padding cells of two-stage proposals).
 
@@ -267,18 +288,28 @@ class SetCriterion(nn.Module):
         with torch.autocast(device_type=device.type, enabled=False):
             # Classification: every query gets a class; unmatched ones "no object" or ignored.
             # The buffer follows .to(); a criterion left on the CPU still works for device logits.
-            class_weight = self.empty_weight.to(device)
             fill = self.num_classes if no_object else -100
             target_classes = torch.full((num_layers, batch, num_queries), fill, dtype=torch.int64, device=device)
             target_classes[layer_idx, image_idx, pred_idx] = all_labels[tgt_idx]
             if valid is not None:
                 target_classes = target_classes.masked_fill(~valid, -100)
             flat_targets = target_classes.flatten()
-            nll = F.cross_entropy(
-                logits.float().flatten(0, 2), flat_targets, weight=class_weight, reduction="none"
-            ).view(num_layers, -1)
-            element_weight = class_weight[flat_targets.clamp(min=0)] * (flat_targets >= 0)
-            loss_ce = nll.sum(1) / element_weight.view(num_layers, -1).sum(1).clamp(min=torch.finfo(torch.float32).tiny)
+            if self.class_score == "softmax":
+                class_weight = self.empty_weight.to(device)
+                nll = F.cross_entropy(
+                    logits.float().flatten(0, 2), flat_targets, weight=class_weight, reduction="none"
+                ).view(num_layers, -1)
+                element_weight = class_weight[flat_targets.clamp(min=0)] * (flat_targets >= 0)
+                tiny = torch.finfo(torch.float32).tiny
+                loss_ce = nll.sum(1) / element_weight.view(num_layers, -1).sum(1).clamp(min=tiny)
+            else:
+                # One-hot over C + 1 and the "no object" column dropped: unmatched queries are
+                # negatives of every class; ignored ones (-100) are left out entirely.
+                one_hot = F.one_hot(flat_targets.clamp(min=0), self.num_classes + 1)[:, :-1].float()
+                focal = sigmoid_focal_loss(logits.float().flatten(0, 2), one_hot, alpha=self.focal_alpha,
+                                           gamma=self.focal_gamma, reduction="none")
+                kept = (flat_targets >= 0).float()
+                loss_ce = (focal.sum(-1) * kept).view(num_layers, -1).sum(1) / num_boxes
 
             src = boxes[layer_idx, image_idx, pred_idx].float()
             tgt = all_boxes[tgt_idx].float()
@@ -291,7 +322,10 @@ class SetCriterion(nn.Module):
         losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         if no_object:
             with torch.no_grad():
-                positive = logits.argmax(-1) != num_logits - 1  # (L, B, Q)
+                if self.class_score == "softmax":
+                    positive = logits.argmax(-1) != num_logits - 1  # (L, B, Q)
+                else:
+                    positive = logits.amax(-1) > 0  # some class with probability > 0.5
                 if valid is not None:
                     positive &= valid
                 predicted = positive.sum(-1).float()  # (L, B)
@@ -312,7 +346,7 @@ def _name_layers(per_layer: dict[str, torch.Tensor], suffix: str) -> dict[str, t
 
 @torch.no_grad()
 def _class_error(logits: torch.Tensor, indices: list[MatchIndices], labels: list[torch.Tensor]) -> torch.Tensor:
-    """100 - top-1 accuracy (%) over all C + 1 logits of the matched queries; 100 with no matches."""
+    """100 - top-1 accuracy (%) over all logits (C + 1, or C) of the matched queries; 100 with no matches."""
     predicted = [logits[image, pred_idx.to(logits.device)].argmax(-1) for image, (pred_idx, _) in enumerate(indices)]
     expected = [labels[image][tgt_idx.to(logits.device)] for image, (_, tgt_idx) in enumerate(indices)]
     predicted_all, expected_all = torch.cat(predicted), torch.cat(expected)

@@ -17,7 +17,8 @@ Conventions at the boundary:
 * `pred_boxes` are sigmoid (cx, cy, w, h) normalised by each image's own UNPADDED size, like
   the targets: all positions (memory encodings, anchors) are relative to the valid extent, so
   a prediction does not depend on how much padding its batch added.
-* `pred_logits` have C + 1 columns; the last is "no object".
+* `pred_logits` have C + 1 columns, the last "no object" (C columns with sigmoid class
+  scores, `scores`).
 
 Padding invariance (eval mode, up to float rounding) holds for both necks with a plain ViT;
 a hybrid backbone's CNN or a convolutional stem sees the padded canvas and breaks it slightly
@@ -39,6 +40,7 @@ from vit_backbone.attention import AttentionKernel
 from .box_ops import inverse_sigmoid
 from .neck import SimpleFeaturePyramid, SingleScaleNeck
 from .position_encoding import PositionEmbeddingSine
+from .scores import CLASS_SCORES, ClassScore, class_probabilities, num_class_logits, prior_bias
 from .transformer import (
     MLP,
     AnchorDecoder,
@@ -219,7 +221,8 @@ class DETR(nn.Module):
 
     Args:
         backbone: the ViT; its `feature_specs()` gives the channels and stride of the map used.
-        num_classes: C real classes; the class head has C + 1 outputs (last = no object).
+        num_classes: C real classes; the class head has C + 1 outputs (last = no object), C with
+            sigmoid class scores.
         neck: ``"single"`` (one level at the backbone stride) or ``"simple_fpn"`` (ViTDet).
         hidden_dim: transformer width d.
         num_queries: Q predictions per image.
@@ -246,6 +249,8 @@ class DETR(nn.Module):
         dn_label_noise: probability of flipping a denoising query's label.
         dn_box_noise: box jitter scale of the denoising queries.
         attn_kernel: transformer attention kernel (see `vit_backbone.attention`).
+        class_score: ``"softmax"`` (DETR: C + 1 logits) or ``"sigmoid"`` (C logits for the focal
+            loss; the class heads start at probability 0.01, `scores.prior_bias`).
     """
 
     def __init__(
@@ -270,10 +275,13 @@ class DETR(nn.Module):
         dn_label_noise: float = 0.2,
         dn_box_noise: float = 0.4,
         attn_kernel: AttentionKernel = "auto",
+        class_score: ClassScore = "softmax",
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if class_score not in CLASS_SCORES:
+            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
         if neck not in ("single", "simple_fpn"):
             raise ValueError(f"neck={neck!r} is not one of ('single', 'simple_fpn')")
         if query_type not in ("learned", "anchor"):
@@ -298,6 +306,7 @@ class DETR(nn.Module):
             raise ValueError(f"backbone_feature={backbone_feature!r} is not one of {choices}")
 
         self.num_classes = num_classes
+        self.class_score = class_score
         self.num_queries = num_queries
         self.hidden_dim = hidden_dim
         self.aux_loss = aux_loss
@@ -325,7 +334,8 @@ class DETR(nn.Module):
             enc_layers, final_norm=hidden_dim if pre_norm and enc_layers else None,
         )
         layer_args = (hidden_dim, nheads, dim_feedforward, dropout, pre_norm, attn_kernel)
-        self.class_head = nn.Linear(hidden_dim, num_classes + 1)
+        num_logits = num_class_logits(num_classes, class_score)
+        self.class_head = nn.Linear(hidden_dim, num_logits)
         self.box_head = MLP(hidden_dim, hidden_dim, 4, 3)
         if query_type == "learned":
             self.decoder: TransformerDecoder = TransformerDecoder(
@@ -338,7 +348,7 @@ class DETR(nn.Module):
                 # Per-cell proposal heads on a projection of the memory (as Deformable DETR's
                 # `enc_output`): the memory also feeds cross-attention, the projection need not.
                 self.enc_output = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim))
-                self.enc_class_head = nn.Linear(hidden_dim, num_classes + 1)
+                self.enc_class_head = nn.Linear(hidden_dim, num_logits)
                 self.enc_box_head = MLP(hidden_dim, hidden_dim, 4, 3)
             else:
                 # Anchors are stored as logits: sigmoid keeps them in (0, 1) whatever the optimiser does.
@@ -367,6 +377,10 @@ class DETR(nn.Module):
                     nn.init.xavier_uniform_(param)
         if self.level_embed is not None:
             nn.init.normal_(self.level_embed)  # as Deformable DETR: levels distinct from the start
+        if self.class_score == "sigmoid":
+            for head in (self.class_head, getattr(self, "enc_class_head", None)):
+                if head is not None:
+                    nn.init.constant_(head.bias, prior_bias(0.01))
         if self.query_type == "anchor":
             # Start each refinement at zero: layer 0 predicts the anchors themselves.
             nn.init.zeros_(self.box_head.layers[-1].weight)
@@ -447,7 +461,8 @@ class DETR(nn.Module):
                 normalised cxcywh); only read to build denoising queries, in training mode.
 
         Returns:
-            "pred_logits" (B, Q, C + 1), "pred_boxes" (B, Q, 4) sigmoid cxcywh normalised by each
+            "pred_logits" (B, Q, C + 1) ((B, Q, C) with sigmoid class scores), "pred_boxes" (B, Q, 4)
+            sigmoid cxcywh normalised by each
             image's unpadded size, "aux_outputs" (with `aux_loss`: a list of L - 1 dicts with the
             same keys, first decoder layer first) and, when denoising queries were used,
             "dn_outputs" (same layout, (B, G * M, ...)) and "dn_meta" {"num_groups": G,
@@ -513,12 +528,12 @@ class DETR(nn.Module):
                 f"{num_cells} valid cells: use larger images or fewer queries"
             )
         features = self.enc_output(memory)
-        logits = self.enc_class_head(features)  # (B, S, C + 1)
+        logits = self.enc_class_head(features)  # (B, S, C + 1), or (B, S, C) with sigmoid scores
         # fp32 box arithmetic: the corrections are added in logit space, where bf16 is too coarse.
         boxes = (inverse_sigmoid(cells) + self.enc_box_head(features).float()).sigmoid()
         with torch.no_grad():
             # Object score: the best real class's probability; padding cells never win.
-            score = logits.float().softmax(-1)[..., :-1].amax(-1).masked_fill(memory_mask, -1.0)
+            score = class_probabilities(logits, self.class_score).amax(-1).masked_fill(memory_mask, -1.0)
             top = score.topk(self.num_queries, dim=1).indices  # (B, Q)
         anchors = boxes.detach().gather(1, top[..., None].expand(-1, -1, 4))
         content = features.detach().gather(1, top[..., None].expand(-1, -1, features.shape[-1]))

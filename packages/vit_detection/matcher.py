@@ -9,7 +9,9 @@ object". The cost of predicting target j with query i is
 
 where p_i is the softmax over all C + 1 classes. The class cost approximates the NLL by
 1 - p (the constant 1 changes no assignment, so it is dropped): unlike the log it is bounded,
-which keeps it commensurable with the box costs.
+which keeps it commensurable with the box costs. With sigmoid class scores (`scores`) the class
+term is instead the focal cost: how much the sigmoid focal loss of logit (i, label_j) changes when
+query i becomes a positive of that class (`scores.focal_matching_cost`).
 
 The costs of all images (and, for the auxiliary losses, all decoder layers) are computed in
 one batched pass, each image against its own targets only, and moved to the CPU once; `scipy.optimize.linear_sum_assignment` then runs
@@ -25,6 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .box_ops import box_cxcywh_to_xyxy, check_boxes, describe_location, generalized_box_iou
+from .scores import CLASS_SCORES, ClassScore, focal_matching_cost
 
 __all__ = ["HungarianMatcher", "MatchIndices", "image_ids_of"]
 
@@ -50,28 +53,46 @@ class HungarianMatcher(nn.Module):
     """Optimal one-to-one matching of predictions to targets (no gradients).
 
     Args:
-        cost_class: weight of the class cost -p(target class).
+        cost_class: weight of the class cost (-p(target class), or the focal cost).
         cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
         cost_giou: weight of -GIoU between the boxes in xyxy.
+        class_score: how the logits read (`scores`): ``"softmax"`` over C + 1 (DETR) or
+            ``"sigmoid"`` over C (the focal cost).
+        focal_alpha, focal_gamma: the focal loss's parameters, for the sigmoid class cost.
     """
 
-    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        class_score: ClassScore = "softmax",
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher needs at least one non-zero cost (cost_class, cost_bbox, cost_giou)")
+        if class_score not in CLASS_SCORES:
+            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou
+        self.class_score = class_score
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
 
     def extra_repr(self) -> str:
-        return f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}"
+        return (f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, "
+                f"class_score={self.class_score!r}")
 
     @torch.no_grad()
     def forward(self, outputs: dict[str, torch.Tensor], targets: Sequence[dict]) -> list[MatchIndices]:
         """Match one set of predictions.
 
         Args:
-            outputs: "pred_logits" (B, Q, C + 1) (last index = no object) and "pred_boxes"
+            outputs: "pred_logits" (B, Q, C + 1) (last index = no object; (B, Q, C) with sigmoid
+                scores) and "pred_boxes"
                 (B, Q, 4) normalised cxcywh.
             targets: B dicts with "labels" int64 (T_b,) in 0..C-1 and "boxes" (T_b, 4)
                 normalised cxcywh; T_b may be 0.
@@ -89,7 +110,7 @@ class HungarianMatcher(nn.Module):
         """Match the predictions of L decoder layers at once (each layer matched on its own).
 
         Args:
-            logits: (L, B, Q, C + 1) class logits, any float dtype.
+            logits: (L, B, Q, C + 1) class logits ((L, B, Q, C) with sigmoid scores), any float dtype.
             boxes: (L, B, Q, 4) normalised cxcywh boxes.
             targets: B target dicts as in `forward`.
             valid: optional (L, B, Q) bool, False for predictions that must not be matched
@@ -129,9 +150,13 @@ class HungarianMatcher(nn.Module):
         # fp32 even under autocast: a bf16/fp16 softmax, L1 or box area changes the assignment
         # and can overflow to inf, which linear_sum_assignment rejects.
         with torch.autocast(device_type=device.type, enabled=False):
-            prob = logits.float().softmax(-1)  # (L, B, Q, C+1)
+            label_index = tgt_labels[None, :, None, :].expand(num_layers, -1, num_queries, -1)
+            if self.class_score == "softmax":
+                cost_class = -logits.float().softmax(-1).gather(-1, label_index)  # (L, B, Q, M)
+            else:
+                target_logits = logits.float().gather(-1, label_index)
+                cost_class = focal_matching_cost(target_logits, self.focal_alpha, self.focal_gamma)
             pred_boxes = boxes.float()  # (L, B, Q, 4)
-            cost_class = -prob.gather(-1, tgt_labels[None, :, None, :].expand(num_layers, -1, num_queries, -1))
             cost_bbox = torch.cdist(pred_boxes.flatten(0, 1), tgt_boxes.repeat(num_layers, 1, 1), p=1)
             cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes)[None])
             cost = (self.cost_bbox * cost_bbox.view(num_layers, batch, num_queries, most)
@@ -144,7 +169,8 @@ class HungarianMatcher(nn.Module):
         # One transfer for all layers and images; scipy then works on (Q, T_b) views.
         cost = cost.cpu()
         if not bool(torch.isfinite(cost).all()):
-            # The boxes passed their check, so the logits hold NaN or +Inf (softmax -> NaN).
+            # The boxes passed their check, so the logits hold NaN or Inf (softmax -> NaN; the focal
+            # cost of an infinite logit is infinite).
             layer, image = (int(i) for i in (~torch.isfinite(cost)).flatten(2).any(-1).nonzero()[0])
             where = describe_location("pred_logits", image, image_ids[image], layer if num_layers > 1 else None)
             raise ValueError(f"{where} hold NaN or Inf")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .box_ops import box_cxcywh_to_xyxy
+from .scores import CLASS_SCORES, ClassScore, class_probabilities
 
 __all__ = ["PostProcess"]
 
@@ -15,8 +16,8 @@ __all__ = ["PostProcess"]
 class PostProcess(nn.Module):
     """Scored detections from DETR's outputs: no threshold, no NMS.
 
-    Two ways to read the C + 1 softmax of every query (the no-object column takes part in the
-    softmax, never in the detections):
+    Every query's C real-class probabilities (`scores.class_probabilities`: the C + 1 softmax
+    without its no-object column, or C sigmoids) are read in one of two ways:
 
     * ``top_k=None`` (DETR): one detection per query, its most probable real class, so when
       "no object" wins the query still reports its second-best class with a low score.
@@ -32,23 +33,28 @@ class PostProcess(nn.Module):
     Args:
         top_k: detections per image from the best (query, class) pairs; None for one per query.
             At most Q * C are returned.
+        class_score: how the logits read: ``"softmax"`` (C + 1) or ``"sigmoid"`` (C), as the model's.
     """
 
-    def __init__(self, top_k: int | None = None) -> None:
+    def __init__(self, top_k: int | None = None, class_score: ClassScore = "softmax") -> None:
         super().__init__()
+        if class_score not in CLASS_SCORES:
+            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+        self.class_score = class_score
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 (or None for one detection per query), got {top_k}")
         self.top_k = top_k
 
     def extra_repr(self) -> str:
-        return f"top_k={self.top_k}"
+        return f"top_k={self.top_k}, class_score={self.class_score!r}"
 
     @torch.no_grad()
     def forward(self, outputs: Mapping[str, torch.Tensor], orig_sizes: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Convert a batch.
 
         Args:
-            outputs: "pred_logits" (B, Q, C + 1) and "pred_boxes" (B, Q, 4) sigmoid cxcywh
+            outputs: "pred_logits" (B, Q, C + 1) ((B, Q, C) with sigmoid scores) and "pred_boxes"
+                (B, Q, 4) sigmoid cxcywh
                 normalised by each image's unpadded (augmented) size.
             orig_sizes: (B, 2) (height, width) of each ORIGINAL image in pixels (the targets'
                 "orig_size"); normalised coordinates scale to it directly because resizing keeps
@@ -63,7 +69,7 @@ class PostProcess(nn.Module):
         if orig_sizes.shape != (logits.shape[0], 2):
             raise ValueError(f"orig_sizes must be (B, 2) = {(logits.shape[0], 2)} (height, width), "
                              f"got {tuple(orig_sizes.shape)}")
-        prob = logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
+        prob = class_probabilities(logits, self.class_score)  # (B, Q, C)
         heights, widths = orig_sizes.to(boxes.device).float().unbind(1)
         scale = torch.stack([widths, heights, widths, heights], dim=1)[:, None, :]
         xyxy = box_cxcywh_to_xyxy(boxes.float()) * scale  # (B, Q, 4)

@@ -167,6 +167,7 @@ def build_detector(cfg: DetectionModelConfig, load_weights: bool = True) -> DETR
         dn_groups=cfg.dn_groups,
         dn_label_noise=cfg.dn_label_noise,
         dn_box_noise=cfg.dn_box_noise,
+        class_score=cfg.class_score,
     )
 
 
@@ -216,13 +217,16 @@ class DetectionTask:
     def __init__(self, config: DetectionConfig) -> None:
         self.config = resolve_config(config)
         loss = self.config.loss
-        matcher = HungarianMatcher(cost_class=loss.cost_class, cost_bbox=loss.cost_bbox, cost_giou=loss.cost_giou)
+        class_score = self.config.model.class_score
+        focal = {"focal_alpha": loss.focal_alpha, "focal_gamma": loss.focal_gamma}
+        matcher = HungarianMatcher(cost_class=loss.cost_class, cost_bbox=loss.cost_bbox, cost_giou=loss.cost_giou,
+                                   class_score=class_score, **focal)
         self.criterion = SetCriterion(
             self.num_classes, matcher, eos_coef=loss.eos_coef,
             weight_dict={"loss_ce": loss.ce_weight, "loss_bbox": loss.bbox_weight, "loss_giou": loss.giou_weight},
-            aux_loss=self.config.model.aux_loss,
+            aux_loss=self.config.model.aux_loss, class_score=class_score, **focal,
         )
-        self.postprocess = PostProcess(top_k=self.config.eval.top_k)
+        self.postprocess = PostProcess(top_k=self.config.eval.top_k, class_score=class_score)
         self._eval_set: CocoDetection | None = None
 
     # -------------------------------------------------------------------------------- names
@@ -397,7 +401,7 @@ def predict_images(
     )
     patch = int(_unwrap(model).backbone.patch_size)
     model = model.to(device).eval()
-    postprocess = PostProcess(top_k=task_config.eval.top_k)
+    postprocess = PostProcess(top_k=task_config.eval.top_k, class_score=task_config.model.class_score)
     rows = []
     names = list(task_config.data.class_names)
     category_ids = list(task_config.data.category_ids)
