@@ -62,40 +62,6 @@ def brute_force_match(cost: list[list[float]]) -> tuple[float, dict[int, int]]:
     return best, best_map
 
 
-def ref_losses(outputs: dict, targets: list[dict], num_boxes: float, eos_coef: float) -> dict[str, float]:
-    """DETR's losses per layer with per-layer brute-force matching, float64 loops."""
-    layers = list(outputs.get("aux_outputs", [])) + [outputs]
-    result: dict[str, float] = {}
-    for index, layer in enumerate(layers):
-        suffix = "" if index == len(layers) - 1 else f"_{index}"
-        ce_num = ce_den = l1 = giou = card = 0.0
-        correct = matched = 0
-        for image, target in enumerate(targets):
-            logits, boxes = layer["pred_logits"][image].double(), layer["pred_boxes"][image].double()
-            _, assignment = brute_force_match(ref_cost(logits, boxes, target))
-            log_prob = logits.log_softmax(-1)
-            for q in range(len(logits)):
-                cls = int(target["labels"][assignment[q]]) if q in assignment else NUM_CLASSES
-                weight = eos_coef if cls == NUM_CLASSES else 1.0
-                ce_num += -weight * log_prob[q, cls].item()
-                ce_den += weight
-                if q in assignment:
-                    pred, tgt = boxes[q].tolist(), target["boxes"][assignment[q]].double().tolist()
-                    l1 += sum(abs(p - g) for p, g in zip(pred, tgt, strict=True))
-                    giou += 1 - ref_giou(pred, tgt)
-                    matched += 1
-                    correct += int(int(logits[q].argmax()) == cls)
-            non_empty = sum(int(int(row.argmax()) != NUM_CLASSES) for row in logits)
-            card += abs(non_empty - len(target["labels"])) / len(targets)
-        result[f"loss_ce{suffix}"] = ce_num / ce_den
-        result[f"loss_bbox{suffix}"] = l1 / num_boxes
-        result[f"loss_giou{suffix}"] = giou / num_boxes
-        result[f"cardinality_error{suffix}"] = card
-        if not suffix:
-            result["class_error"] = 100.0 - 100.0 * correct / matched if matched else 100.0
-    return result
-
-
 def ref_focal_terms(logit: float, alpha: float, gamma: float) -> tuple[float, float]:
     """(loss if this class is the target, loss if it is not) of one sigmoid logit, math only."""
     p = 1.0 / (1.0 + math.exp(-logit))
@@ -119,32 +85,45 @@ def ref_sigmoid_cost(logits: torch.Tensor, boxes: torch.Tensor, target: dict, al
     return cost
 
 
-def ref_sigmoid_losses(outputs: dict, targets: list[dict], num_boxes: float, alpha: float = 0.25,
-                       gamma: float = 2.0) -> dict[str, float]:
-    """The losses with sigmoid class scores: focal loss over every query and class / num_boxes."""
+def ref_losses(outputs: dict, targets: list[dict], num_boxes: float, eos_coef: float = 0.1,
+               class_score: str = "softmax", alpha: float = 0.25, gamma: float = 2.0) -> dict[str, float]:
+    """DETR's losses per layer with per-layer brute-force matching, float64 loops.
+
+    The class term is the eos_coef-weighted mean cross-entropy over C + 1 (softmax), or the focal
+    loss of every query and class divided by num_boxes (sigmoid).
+    """
+    sigmoid = class_score == "sigmoid"
     layers = list(outputs.get("aux_outputs", [])) + [outputs]
     result: dict[str, float] = {}
     for index, layer in enumerate(layers):
         suffix = "" if index == len(layers) - 1 else f"_{index}"
-        focal = l1 = giou = card = 0.0
+        class_num = class_den = l1 = giou = card = 0.0
         correct = matched = 0
         for image, target in enumerate(targets):
             logits, boxes = layer["pred_logits"][image].double(), layer["pred_boxes"][image].double()
-            _, assignment = brute_force_match(ref_sigmoid_cost(logits, boxes, target, alpha, gamma))
+            cost = (ref_sigmoid_cost(logits, boxes, target, alpha, gamma) if sigmoid
+                    else ref_cost(logits, boxes, target))
+            _, assignment = brute_force_match(cost)
             for q in range(len(logits)):
                 cls = int(target["labels"][assignment[q]]) if q in assignment else None
-                for c in range(NUM_CLASSES):
-                    positive, negative = ref_focal_terms(logits[q, c].item(), alpha, gamma)
-                    focal += positive if c == cls else negative
+                if sigmoid:
+                    for c in range(NUM_CLASSES):
+                        positive, negative = ref_focal_terms(logits[q, c].item(), alpha, gamma)
+                        class_num += positive if c == cls else negative
+                else:
+                    weight = eos_coef if cls is None else 1.0
+                    class_num += -weight * logits.log_softmax(-1)[q, NUM_CLASSES if cls is None else cls].item()
+                    class_den += weight
                 if q in assignment:
                     pred, tgt = boxes[q].tolist(), target["boxes"][assignment[q]].double().tolist()
                     l1 += sum(abs(p - g) for p, g in zip(pred, tgt, strict=True))
                     giou += 1 - ref_giou(pred, tgt)
                     matched += 1
                     correct += int(int(logits[q].argmax()) == cls)
-            confident = sum(int(row.max().item() > 0) for row in logits)  # some sigmoid above 0.5
-            card += abs(confident - len(target["labels"])) / len(targets)
-        result[f"loss_ce{suffix}"] = focal / num_boxes
+            # predicted objects: some sigmoid above 0.5, or an argmax that is not "no object"
+            predicted = sum(int(row.max().item() > 0 if sigmoid else int(row.argmax()) != NUM_CLASSES) for row in logits)
+            card += abs(predicted - len(target["labels"])) / len(targets)
+        result[f"loss_ce{suffix}"] = class_num / num_boxes if sigmoid else class_num / class_den
         result[f"loss_bbox{suffix}"] = l1 / num_boxes
         result[f"loss_giou{suffix}"] = giou / num_boxes
         result[f"cardinality_error{suffix}"] = card
@@ -301,7 +280,7 @@ def test_sigmoid_focal_terms_match_the_float64_reference(alpha: float, gamma: fl
     targets = random_targets([3, 0, 4, 1])
     outputs = random_outputs(4, 6, aux_layers=2, num_logits=NUM_CLASSES)
     losses = sigmoid_criterion(alpha, gamma)(outputs, targets, num_boxes=8.0)
-    expected = ref_sigmoid_losses(outputs, targets, num_boxes=8.0, alpha=alpha, gamma=gamma)
+    expected = ref_losses(outputs, targets, num_boxes=8.0, class_score="sigmoid", alpha=alpha, gamma=gamma)
     assert set(losses) == set(expected)
     for key, value in expected.items():
         assert losses[key].item() == pytest.approx(value, rel=1e-5, abs=1e-5), key
@@ -310,7 +289,7 @@ def test_sigmoid_focal_terms_match_the_float64_reference(alpha: float, gamma: fl
 def test_sigmoid_losses_with_only_empty_targets_are_all_negatives() -> None:
     outputs = random_outputs(2, 5, num_logits=NUM_CLASSES)
     losses = sigmoid_criterion()(outputs, random_targets([0, 0]))
-    expected = ref_sigmoid_losses(outputs, random_targets([0, 0]), num_boxes=1.0)
+    expected = ref_losses(outputs, random_targets([0, 0]), num_boxes=1.0, class_score="sigmoid")
     assert losses["loss_ce"].item() == pytest.approx(expected["loss_ce"], rel=1e-5)
     assert losses["loss_bbox"].item() == 0.0 and losses["class_error"].item() == 100.0
 
