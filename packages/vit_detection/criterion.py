@@ -45,7 +45,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from .box_ops import box_cxcywh_to_xyxy, check_boxes, paired_generalized_box_iou
 from .matcher import HungarianMatcher, MatchIndices, image_ids_of
-from .scores import CLASS_SCORES, ClassScore
+from .scores import ClassScore, check_class_score
 
 __all__ = ["DEFAULT_WEIGHT_DICT", "SetCriterion", "denoising_indices", "global_num_boxes"]
 
@@ -143,8 +143,7 @@ class SetCriterion(nn.Module):
         self.eos_coef = eos_coef
         self.weight_dict = dict(DEFAULT_WEIGHT_DICT if weight_dict is None else weight_dict)
         self.aux_loss = aux_loss
-        if class_score not in CLASS_SCORES:
-            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+        check_class_score(class_score)
         if matcher.class_score != class_score:
             raise ValueError(f"the criterion reads {class_score} class scores but its matcher {matcher.class_score}")
         self.class_score = class_score

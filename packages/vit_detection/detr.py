@@ -40,7 +40,7 @@ from vit_backbone.attention import AttentionKernel
 from .box_ops import inverse_sigmoid
 from .neck import SimpleFeaturePyramid, SingleScaleNeck
 from .position_encoding import PositionEmbeddingSine
-from .scores import CLASS_SCORES, ClassScore, class_probabilities, num_class_logits, prior_bias
+from .scores import ClassScore, check_class_score, class_probabilities, num_class_logits, prior_bias
 from .transformer import (
     MLP,
     AnchorDecoder,
@@ -280,8 +280,7 @@ class DETR(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if class_score not in CLASS_SCORES:
-            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+        check_class_score(class_score)
         if neck not in ("single", "simple_fpn"):
             raise ValueError(f"neck={neck!r} is not one of ('single', 'simple_fpn')")
         if query_type not in ("learned", "anchor"):

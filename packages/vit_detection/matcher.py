@@ -27,7 +27,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .box_ops import box_cxcywh_to_xyxy, check_boxes, describe_location, generalized_box_iou
-from .scores import CLASS_SCORES, ClassScore, focal_matching_cost
+from .scores import ClassScore, check_class_score, focal_matching_cost
 
 __all__ = ["HungarianMatcher", "MatchIndices", "image_ids_of"]
 
@@ -73,8 +73,7 @@ class HungarianMatcher(nn.Module):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher needs at least one non-zero cost (cost_class, cost_bbox, cost_giou)")
-        if class_score not in CLASS_SCORES:
-            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+        check_class_score(class_score)
         self.cost_class = cost_class
         self.cost_bbox = cost_bbox
         self.cost_giou = cost_giou

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .box_ops import box_cxcywh_to_xyxy
-from .scores import CLASS_SCORES, ClassScore, class_probabilities
+from .scores import ClassScore, check_class_score, class_probabilities
 
 __all__ = ["PostProcess"]
 
@@ -38,8 +38,7 @@ class PostProcess(nn.Module):
 
     def __init__(self, top_k: int | None = None, class_score: ClassScore = "softmax") -> None:
         super().__init__()
-        if class_score not in CLASS_SCORES:
-            raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+        check_class_score(class_score)
         self.class_score = class_score
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1 (or None for one detection per query), got {top_k}")

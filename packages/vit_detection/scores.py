@@ -20,26 +20,33 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CLASS_SCORES", "ClassScore", "class_probabilities", "focal_matching_cost", "num_class_logits", "prior_bias"]
+__all__ = [
+    "CLASS_SCORES", "ClassScore", "check_class_score", "class_probabilities", "focal_matching_cost", "num_class_logits",
+    "prior_bias",
+]
 
 ClassScore = Literal["softmax", "sigmoid"]
 CLASS_SCORES: tuple[str, ...] = ("softmax", "sigmoid")
 
 
-def num_class_logits(num_classes: int, class_score: ClassScore) -> int:
-    """Width of the class head: C + 1 with softmax scores (the extra "no object"), C with sigmoid."""
+def check_class_score(class_score: str) -> None:
+    """Raise a one-line ValueError unless `class_score` is one of `CLASS_SCORES`."""
     if class_score not in CLASS_SCORES:
         raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+
+
+def num_class_logits(num_classes: int, class_score: ClassScore) -> int:
+    """Width of the class head: C + 1 with softmax scores (the extra "no object"), C with sigmoid."""
+    check_class_score(class_score)
     return num_classes + 1 if class_score == "softmax" else num_classes
 
 
 def class_probabilities(logits: torch.Tensor, class_score: ClassScore) -> torch.Tensor:
     """(..., C + 1) softmax or (..., C) sigmoid logits -> (..., C) float32 real-class probabilities."""
+    check_class_score(class_score)
     if class_score == "softmax":
         return logits.float().softmax(-1)[..., :-1]
-    if class_score == "sigmoid":
-        return logits.float().sigmoid()
-    raise ValueError(f"class_score={class_score!r} is not one of {CLASS_SCORES}")
+    return logits.float().sigmoid()
 
 
 def prior_bias(prior: float = 0.01) -> float:
