@@ -28,6 +28,8 @@ from vit_classification import (
     build_train_transform,
     eval_resize_size,
     find_fashion_mnist,
+    random_erase,
+    random_translate,
     read_cifar_pickle,
     read_idx,
     write_idx,
@@ -579,6 +581,45 @@ def test_dataset_with_transform_batches(tmp_path: Path) -> None:
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
     assert labels.dtype == torch.int64 and labels.tolist() == [0, 1, 2, 3]
+
+
+def test_random_translate_shifts_each_image_by_its_own_offset_within_the_bound() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(64, 2, 7, 9)
+    shift = 2
+    shifted = random_translate(images, shift)
+    assert shifted.shape == images.shape and not torch.equal(shifted, images)
+    # Reference: every window of the replicate-padded image; each output must equal exactly one.
+    padded = torch.nn.functional.pad(images, (shift,) * 4, mode="replicate")
+    offsets = set()
+    for index in range(len(images)):
+        matches = [
+            (dy, dx)
+            for dy in range(-shift, shift + 1)
+            for dx in range(-shift, shift + 1)
+            if torch.equal(shifted[index], padded[index, :, shift + dy:shift + dy + 7, shift + dx:shift + dx + 9])
+        ]
+        assert len(matches) == 1, (index, matches)
+        offsets.add(matches[0])
+    assert len(offsets) > 10, "offsets are drawn per image"
+    assert random_translate(images, 0) is images
+    with pytest.raises(ValueError, match="max_shift must be >= 0, got -1"):
+        random_translate(images, -1)
+
+
+def test_random_erase_fills_one_rectangle_per_image_with_noise() -> None:
+    images = torch.zeros(32, 1, 32, 32)
+    erased = random_erase(images.clone(), 1.0)
+    for image in erased[:, 0]:
+        rows, cols = torch.nonzero(image != 0, as_tuple=True)
+        assert len(rows) > 0, "probability 1: every image is erased"
+        height = int(rows.max() - rows.min()) + 1
+        width = int(cols.max() - cols.min()) + 1
+        # one filled rectangle of 2-33% of the area (noise is never exactly 0)
+        assert len(rows) == height * width and 0.02 * 1024 * 0.8 <= height * width <= 1024 / 3 * 1.2
+    assert torch.equal(random_erase(images.clone(), 0.0), images)
+    with pytest.raises(ValueError, match=r"probability must lie in \[0, 1\], got 2"):
+        random_erase(images, 2)
 
 
 def test_mixup_helper() -> None:

@@ -135,6 +135,10 @@ def test_range_checks_name_the_field(tmp_path: Path) -> None:
         load_config(ClassificationConfig, path)
     with pytest.raises(ConfigError, match="model.preset='vit_nope' is not a vit_backbone preset"):
         load_config(ClassificationConfig, None, ["model.preset=vit_nope"])
+    with pytest.raises(ConfigError, match=r"augment.erase_prob=1.5 must lie in \[0, 1\]"):
+        load_config(ClassificationConfig, None, ["augment.erase_prob=1.5"])
+    with pytest.raises(ConfigError, match=r"augment.translate_px=-1 must be >= 0"):
+        load_config(ClassificationConfig, None, ["augment.translate_px=-1"])
 
 
 def test_conv_stem_config_builds_a_conv_stem_vit_and_checks_the_patch_size() -> None:
@@ -322,6 +326,27 @@ def test_mixup_loss_takes_soft_targets_and_odd_batches(tmp_path: Path) -> None:
     assert targets[4, 4] == pytest.approx(1 - 0.1 + 0.1 / 10)
     loss, logs = task.loss(model, (images, labels, torch.arange(5)))
     assert loss.ndim == 0 and torch.isfinite(loss) and "acc" in logs
+
+
+def test_batch_augmentations_change_the_batch_but_never_the_cached_samples(tmp_path: Path) -> None:
+    root = write_idx_dataset(tmp_path / "idx")
+    config = idx_config(root, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, translate_px=3, erase_prob=1.0)
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, cache_samples=True))
+    task = ClassificationTask(config)
+    train_set = task.build_train_dataset()  # the cache is allowed: these run per batch, after it
+    items = [train_set[index] for index in range(8)]
+    cached = torch.stack([train_set.cache[index] for index in range(8)]).clone()
+    images = torch.stack([item[0] for item in items])
+    labels = torch.tensor([item[1] for item in items])
+    model = task.build_model()
+    seen: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    torch.manual_seed(0)
+    loss, _ = task.loss(model, (images, labels, torch.arange(8)))
+    handle.remove()
+    assert torch.isfinite(loss)
+    assert torch.equal(torch.stack([train_set.cache[index] for index in range(8)]), cached)
+    assert seen[0].shape == images.shape and not torch.equal(seen[0], images)
 
 
 def test_augmentation_is_seeded_by_epoch_and_index(tmp_path: Path) -> None:

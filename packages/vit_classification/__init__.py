@@ -30,6 +30,8 @@ from .transforms import (
     build_mixup,
     build_train_transform,
     eval_resize_size,
+    random_erase,
+    random_translate,
 )
 
 __all__ = [
@@ -51,6 +53,8 @@ __all__ = [
     "find_fashion_mnist",
     "find_mnist",
     "load_image",
+    "random_erase",
+    "random_translate",
     "read_cifar_pickle",
     "read_idx",
     "to_channels",

@@ -222,6 +222,12 @@ class AugmentConfig:
         mixup_switch_prob: with both on, the probability of cutmix rather than mixup.
         mixup_mode: ``"batch"``, ``"pair"`` or ``"elem"`` (timm's modes).
         label_smoothing: mass spread uniformly over the classes, in [0, 1).
+        translate_px: per batch, on the device: shift each image by up to this many pixels in
+            each direction (edge pixels repeat into the gap); 0 turns it off. It runs after
+            the per-sample pipeline, so it works with `data.cache_samples`.
+        erase_prob: per batch, on the device: the probability that an image gets one random
+            rectangle (2-33% of its area) of per-pixel normal noise (timm's `RandomErasing`,
+            mode "pixel", as DeiT's ``reprob``); 0 turns it off. Works with the cache too.
     """
 
     scale: tuple[float, float] = (0.08, 1.0)
@@ -235,12 +241,14 @@ class AugmentConfig:
     mixup_switch_prob: float = 0.5
     mixup_mode: MixupMode = "batch"
     label_smoothing: float = 0.1
+    translate_px: int = 0
+    erase_prob: float = 0.0
 
     def __post_init__(self) -> None:
         check_choices(self)
         _check(0 < self.scale[0] <= self.scale[1] <= 1, f"scale={list(self.scale)} must satisfy 0 < low <= high <= 1")
         _check(0 < self.ratio[0] <= self.ratio[1], f"ratio={list(self.ratio)} must satisfy 0 < low <= high")
-        for name in ("hflip", "mixup_prob", "mixup_switch_prob"):
+        for name in ("hflip", "mixup_prob", "mixup_switch_prob", "erase_prob"):
             value = getattr(self, name)
             _check(0 <= value <= 1, f"{name}={value} must lie in [0, 1]")
         _check(self.color_ops >= 0, f"color_ops={self.color_ops} must be >= 0")
@@ -249,6 +257,7 @@ class AugmentConfig:
             value = getattr(self, name)
             _check(value >= 0, f"{name}={value} must be >= 0 (0 turns it off)")
         _check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must lie in [0, 1)")
+        _check(self.translate_px >= 0, f"translate_px={self.translate_px} must be >= 0 (0 turns it off)")
 
     @property
     def mixing(self) -> bool:

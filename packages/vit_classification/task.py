@@ -51,7 +51,14 @@ from .datasets import (
 )
 from .metrics import ClassificationMeter, save_confusion_matrix_png, write_predictions_csv
 from .model import build_classifier
-from .transforms import ImageTransform, build_eval_transform, build_mixup, build_train_transform
+from .transforms import (
+    ImageTransform,
+    build_eval_transform,
+    build_mixup,
+    build_train_transform,
+    random_erase,
+    random_translate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +486,10 @@ class ClassificationTask:
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy of one batch (soft targets under mixup, label smoothing either way).
 
+        The batch-level augmentations run here, on the device, in this order: random
+        translation (`augment.translate_px`), random erasing (`augment.erase_prob`), then
+        Mixup/CutMix.
+
         Args:
             model: the (prepared) classifier.
             batch: (images (B, C, H, W), labels (B,), indices (B,)) on the device.
@@ -487,6 +498,12 @@ class ClassificationTask:
             (scalar loss, {"acc": top-1 of the batch against its unmixed labels}).
         """
         images, labels = batch[0], batch[1]
+        augment = self.config.augment
+        if augment.translate_px > 0:
+            images = random_translate(images, augment.translate_px)
+        if augment.erase_prob > 0:
+            # In place: the collated batch is a fresh tensor, never the dataset's cached samples.
+            images = random_erase(images, augment.erase_prob)
         if self.mixup is not None:
             images, targets = self._mix(images, labels)
             logits = model(images)

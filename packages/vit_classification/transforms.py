@@ -6,8 +6,10 @@ tensor normalised with the given mean/std. The train pipeline follows timm's Ima
 (random resized crop, flip, a light RandAugment-like photometric set); the eval pipeline is
 timm's "resize the shorter side to size / crop_pct, then center crop".
 
-Per batch (`build_mixup`): timm's `Mixup`, which also turns integer labels into soft targets
-with label smoothing.
+Per batch, on the device, after the per-sample pipeline (so they also work on cached samples):
+`random_translate` (small random shifts), `random_erase` (timm's `RandomErasing`) and
+`build_mixup` (timm's `Mixup`, which also turns integer labels into soft targets with label
+smoothing).
 
 albumentations asks PyPI for updates on import unless ``NO_ALBUMENTATIONS_UPDATE=1`` is set;
 this module sets it (when unset) before importing albumentations: a library import should not
@@ -29,6 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 from timm.data import Mixup  # noqa: E402
+from timm.data.random_erasing import RandomErasing  # noqa: E402
 
 from vit_training.seeding import SampleRandomState  # noqa: E402
 
@@ -37,6 +40,8 @@ __all__ = [
     "build_eval_transform",
     "build_mixup",
     "build_train_transform",
+    "random_erase",
+    "random_translate",
     "eval_resize_size",
 ]
 
@@ -278,3 +283,57 @@ def build_mixup(
         label_smoothing=label_smoothing,
         num_classes=num_classes,
     )
+
+
+def random_translate(images: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Shift every image of a batch by its own random offset of up to `max_shift` pixels.
+
+    Each image is moved by (dy, dx), drawn uniformly from [-max_shift, max_shift] with torch's
+    generator on the images' device; the rows and columns it uncovers repeat the edge pixels
+    (replicate padding), so no artificial border value enters normalised data.
+
+    Args:
+        images: float (B, C, H, W).
+        max_shift: the largest shift in pixels, >= 0; 0 returns `images` unchanged.
+
+    Returns:
+        A new float (B, C, H, W) tensor.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return images
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4, mode="replicate")  # (B, C, H + 2s, W + 2s)
+    # The window of image b starts at (top[b], left[b]) in the padded map; max_shift is no shift.
+    top = torch.randint(0, 2 * max_shift + 1, (batch, 1), device=images.device)
+    left = torch.randint(0, 2 * max_shift + 1, (batch, 1), device=images.device)
+    rows = top + torch.arange(height, device=images.device)  # (B, H)
+    cols = left + torch.arange(width, device=images.device)  # (B, W)
+    batch_index = torch.arange(batch, device=images.device)[:, None, None]
+    # Advanced indexing on dims 0, 2, 3 puts the channel dim last: (B, H, W, C).
+    shifted = padded.permute(0, 2, 3, 1)[batch_index, rows[:, :, None], cols[:, None, :]]
+    return shifted.permute(0, 3, 1, 2).contiguous()
+
+
+def random_erase(images: torch.Tensor, probability: float) -> torch.Tensor:
+    """timm's `RandomErasing` over a batch, in place: DeiT's ``reprob`` with mode "pixel".
+
+    Each image, with `probability`, gets one rectangle of 2-33% of its area and aspect ratio in
+    [0.3, 3.3] filled with standard normal noise per pixel (the data are normalised, so that is
+    noise of the data's own scale). Draws from Python's `random` (as timm does), which
+    Accelerate's `save_state` saves.
+
+    Args:
+        images: float (B, C, H, W), normalised.
+        probability: per image, in [0, 1]; 0 returns `images` untouched.
+
+    Returns:
+        `images`, erased in place.
+    """
+    if not 0 <= probability <= 1:
+        raise ValueError(f"probability must lie in [0, 1], got {probability}")
+    if probability == 0:
+        return images
+    eraser = RandomErasing(probability=probability, mode="pixel", device=images.device)
+    return eraser(images)
