@@ -498,12 +498,10 @@ class ClassificationTask:
             (scalar loss, {"acc": top-1 of the batch against its unmixed labels}).
         """
         images, labels = batch[0], batch[1]
-        augment = self.config.augment
-        if augment.translate_px > 0:
-            images = random_translate(images, augment.translate_px)
-        if augment.erase_prob > 0:
-            # In place: the collated batch is a fresh tensor, never the dataset's cached samples.
-            images = random_erase(images, augment.erase_prob)
+        # Each is a no-op at 0. Erasing works in place, on the collated batch (a fresh tensor,
+        # never the dataset's cached samples) or on the translated copy.
+        images = random_translate(images, self.config.augment.translate_px)
+        images = random_erase(images, self.config.augment.erase_prob)
         if self.mixup is not None:
             images, targets = self._mix(images, labels)
             logits = model(images)

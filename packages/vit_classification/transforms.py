@@ -40,9 +40,9 @@ __all__ = [
     "build_eval_transform",
     "build_mixup",
     "build_train_transform",
+    "eval_resize_size",
     "random_erase",
     "random_translate",
-    "eval_resize_size",
 ]
 
 Channels = Literal[1, 3]
