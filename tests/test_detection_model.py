@@ -165,6 +165,27 @@ def test_forward_shapes(neck: str, query_type: str, aux_loss: bool) -> None:
     assert "dn_outputs" not in outputs
 
 
+def test_forward_keeps_attention_off_cudnn_and_restores_the_backends() -> None:
+    # cuDNN's SDPA rebuilds its graph for every new input shape (slow on GPUs for a detector's
+    # varied image sizes): the backbone and the transformer must both run with it disabled.
+    seen: dict[str, bool] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs) -> None:
+            seen[name] = torch.backends.cuda.cudnn_sdp_enabled()
+        return hook
+
+    model = tiny_detr()
+    model.backbone.blocks[0].register_forward_pre_hook(record("backbone"))
+    model.decoder.register_forward_pre_hook(record("decoder"))
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    outputs = model(torch.randn(2, 3, 24, 32))
+    outputs["pred_boxes"].sum().backward()
+    assert seen == {"backbone": False, "decoder": False}
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+
+
 def test_simple_fpn_strides_come_from_the_backbone_specs() -> None:
     model = tiny_detr(neck="simple_fpn")
     assert isinstance(model.neck, SimpleFeaturePyramid) and model.neck.strides == (2, 4, 8)

@@ -4,7 +4,7 @@ No task code and no Accelerate here: a model, its layers, presets, weight import
 feature API (`forward_features`, `forward_intermediates`, `feature_specs`) every head builds on.
 """
 
-from .attention import Attention, resolve_attention_kernel
+from .attention import Attention, resolve_attention_kernel, sdpa_without_cudnn
 from .block import Block
 from .conv_stem import ConvStemEmbed
 from .features import FeatureSpec, ViTFeatures
@@ -36,6 +36,7 @@ __all__ = [
     "preset_names",
     "resample_pos_embed",
     "resolve_attention_kernel",
+    "sdpa_without_cudnn",
     "sincos_1d",
     "sincos_2d",
 ]

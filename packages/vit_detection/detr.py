@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from vit_backbone import VisionTransformer
-from vit_backbone.attention import AttentionKernel
+from vit_backbone.attention import AttentionKernel, sdpa_without_cudnn
 
 from .box_ops import inverse_sigmoid
 from .neck import SimpleFeaturePyramid, SingleScaleNeck
@@ -468,7 +468,15 @@ class DETR(nn.Module):
             "group_size": M} for `SetCriterion`. With `two_stage`, also "enc_outputs": the
             proposals of all S encoder cells, "pred_logits" (B, S, C + 1), "pred_boxes" (B, S, 4)
             and "pred_valid" (B, S) bool (False on padding cells, which the loss ignores).
+
+        Attention runs without cuDNN's SDPA backend (`sdpa_without_cudnn`): batches change shape
+        from step to step, and that backend rebuilds its execution graph for every new shape.
         """
+        with sdpa_without_cudnn():
+            return self._detect(images, pad_mask, targets)
+
+    def _detect(self, images: torch.Tensor, pad_mask: torch.Tensor | None, targets: Sequence[dict] | None) -> dict:
+        """`forward`'s work (same arguments and outputs)."""
         memory, memory_pos, memory_mask, cells = self.encode(images, pad_mask)
         batch = images.shape[0]
         if self.query_type == "learned":
