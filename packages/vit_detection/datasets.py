@@ -35,6 +35,7 @@ the field.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -178,7 +179,11 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: image file not found")
     try:
-        with Image.open(path) as image:
+        # One read of the whole file, then decoding from memory: PIL reading the file itself
+        # issues dozens of small reads per image, and on some file systems each costs tens of
+        # microseconds (measured on 700 small scene JPEGs: 1.89 ms against 0.58 ms per image
+        # from a cold cache, 0.28 against 0.19 ms warm).
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
                 values = np.asarray(image, dtype=np.float64)
