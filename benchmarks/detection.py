@@ -15,7 +15,9 @@ in this process:
 
 `fit` schedules in epochs, so the budget is turned into steps first: a few training steps and
 an evaluation pass are timed on each variant (this calibration is not counted in the budget,
-and is printed), then the run gets ``--evals`` epochs of a fitted number of scenes each, with a
+and is printed; with ``--processes N`` the steps are timed in N launched processes through
+`fit`, as `benchmarks/detection_throughput.py` times them, since N processes on N cores step
+slower than one process alone), then the run gets ``--evals`` epochs of a fitted number of scenes each, with a
 COCO evaluation (pycocotools, ``data.num_eval_samples`` fixed val scenes) after every epoch. An
 "epoch" here is a different slice of the shuffled training set each time, so no scene repeats
 until the whole set has been seen. The lr schedule (warm-up, cosine decay) spans the whole
@@ -80,10 +82,12 @@ VARIANTS: dict[str, list[str]] = {
 }
 TARGET_AP50 = 0.70
 TARGET_AP = 0.45
-# Share of the budget kept free for what calibration does not see: model build, the first
-# batches, overlays, checkpoints and the final export.
-SAFETY = 0.9
+# Share of the budget planned for steps and evaluations; the rest is for what calibration does
+# not see: the launch, model build, first batches, overlays, checkpoints and the final export.
+# On 2026-12-04 (2 processes) 4,488 steps planned at the probe's 0.245 s took 1,069 s in all.
+SAFETY = 0.98
 WARMUP_STEPS = 3  # calibration steps not timed (first-touch allocations, oneDNN kernel selection)
+PROBE_STEPS, PROBE_WARMUP = 60, 10  # the launched calibration of `--processes` runs
 
 
 class _RotatingSlices(Dataset):
@@ -157,6 +161,25 @@ def calibrate(config: DetectionConfig, steps: int) -> tuple[float, float]:
     return step_s, (time.perf_counter() - start) / max(seen, 1)
 
 
+def launched_step_seconds(overrides: list[str], processes: int, steps: int = PROBE_STEPS) -> float:
+    """Median seconds of a training step of `processes` data-parallel processes, loading and DDP included.
+
+    Runs `benchmarks/detection_throughput.py` on the recipe with `overrides` under the same
+    launch as the benchmark's run (one thread per process), `steps` steps with the first
+    `PROBE_WARMUP` untimed. A lone process's step (`calibrate`) is faster than each of two
+    processes sharing a 2-core CPU (0.22 against 0.25-0.27 s on 2026-12-04), so a plan built from
+    it overran the budget.
+    """
+    with tempfile.TemporaryDirectory(prefix="detection_probe_") as folder:
+        figures = Path(folder) / "probe.json"
+        subprocess.run([*cpu_launch_command(processes), str(ROOT / "benchmarks" / "detection_throughput.py"),
+                        "--config", str(CONFIG), "--steps", str(steps), "--warmup", str(PROBE_WARMUP),
+                        "--eval-images", "8", "--json", str(figures), *overrides, "eval.overlay_images=0"],
+                       check=True, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return json.loads(figures.read_text())["step_ms_median"] / 1000
+
+
 def class_agnostic_ap50(annotation_file: Path, results_file: Path) -> float:
     """AP50 with every category merged into one: how well objects are found, whatever their class.
 
@@ -194,7 +217,7 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
 
     With `processes` > 1 the training runs in that many processes of one thread each, started by
     `accelerate launch` (data parallel: every process takes `train.batch_size` scenes per step);
-    the calibration then times one process's step at one thread.
+    the calibration then times the launched processes' step (`launched_step_seconds`).
 
     Returns its evaluations and timing.
     """
@@ -202,7 +225,9 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
     config = load_config(DetectionConfig, CONFIG, [*VARIANTS[name], *overrides, f"train.output_dir={output_dir}",
                                                    "train.eval_every_epochs=1"])
     calibration_start = time.perf_counter()
-    step_s, eval_image_s = calibrate(config, calibration_steps)
+    step_s, eval_image_s = calibrate(config, calibration_steps if processes == 1 else 2)
+    if processes > 1 and total_steps is None:
+        step_s = launched_step_seconds([*VARIANTS[name], *overrides], processes)
     calibration_s = time.perf_counter() - calibration_start
     eval_images = config.data.num_eval_samples or 10**9
     eval_s = eval_image_s * eval_images * 1.6 / processes  # post-processing and COCOeval on top of the forward pass
@@ -264,7 +289,7 @@ def main() -> None:
                              "recipes step for step on a machine whose load changes); wall time is still reported")
     parser.add_argument("--processes", type=int, default=1,
                         help="train each variant in this many data-parallel processes of one thread each "
-                             "(accelerate launch); the calibration then times one process's step at one thread")
+                             "(accelerate launch); the calibration then times their step in a short launched run")
     parser.add_argument("--run-plan", type=Path, default=None, help=argparse.SUPPRESS)  # a launched process
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 minute per variant, 2 evaluations on 50 val scenes")
