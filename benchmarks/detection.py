@@ -84,8 +84,9 @@ TARGET_AP50 = 0.70
 TARGET_AP = 0.45
 # Share of the budget planned for steps and evaluations; the rest is for what calibration does
 # not see: the launch, model build, first batches, overlays, checkpoints and the final export.
-# On 2026-12-04 (2 processes) 4,488 steps planned at the probe's 0.245 s took 1,069 s in all.
-SAFETY = 0.98
+# On 2026-12-04 (2 processes) 4,488 steps planned at the probe's 0.245 s took 1,069 s in all,
+# but the next run stepped 9% slower than its probe (0.26 against 0.238 s): keep that margin.
+SAFETY = 0.93
 WARMUP_STEPS = 3  # calibration steps not timed (first-touch allocations, oneDNN kernel selection)
 PROBE_STEPS, PROBE_WARMUP = 60, 10  # the launched calibration of `--processes` runs
 
