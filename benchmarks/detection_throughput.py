@@ -4,7 +4,9 @@ Trains a detection config for ``--steps`` optimizer steps through the task scrip
 (`DetectionTask` + `vit_training.loop.fit`: data loading, forward, matching, set loss, backward,
 clipping, AdamW, under the config's mixed precision) and prints:
 
-  * images/s: the global batch (``train.batch_size`` x processes) over the median step time;
+  * images/s: the global batch (``train.batch_size`` x processes) over the median step time (a
+    step here is one batch per process; with ``train.grad_accum_steps`` > 1 an optimizer step,
+    which ``--steps`` counts, is several);
   * the step time (median and mean, ms) after ``--warmup`` untimed steps;
   * the matcher's share of the step: time inside `HungarianMatcher.match_layers` (the batched
     cost matrix on the device, its one copy to the host, then `linear_sum_assignment` per image
@@ -35,6 +37,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -110,8 +113,13 @@ class StepClock:
         task.criterion.matcher.match_layers = timed_match_layers  # type: ignore[method-assign]
         matcher_module.linear_sum_assignment = timed_assignment  # type: ignore[assignment]
 
-    def summary(self, warmup: int, images_per_step: int) -> dict[str, float]:
-        """Figures over the steps after `warmup` (the last step has no end stamp and is left out)."""
+    def summary(self, warmup: int, images_per_batch: int) -> dict[str, float]:
+        """Figures over the batches after the first `warmup` (the last has no end stamp and is left out).
+
+        Args:
+            warmup: untimed first batches.
+            images_per_batch: images of one batch over all processes.
+        """
         durations = [end - start for start, end in itertools.pairwise(self.step_starts)][warmup:]
         if len(durations) < 2:
             raise ValueError(f"{len(self.step_starts)} steps leave fewer than 2 timed steps after --warmup {warmup}")
@@ -120,11 +128,11 @@ class StepClock:
         median = statistics.median(durations)
         return {
             "timed_steps": len(durations),
-            "images_per_step": images_per_step,
+            "images_per_batch": images_per_batch,
             "step_ms_median": 1000 * median,
             "step_ms_mean": 1000 * step_total / len(durations),
-            "images_per_s": images_per_step / median,
-            "images_per_s_mean": images_per_step * len(durations) / step_total,
+            "images_per_s": images_per_batch / median,
+            "images_per_s_mean": images_per_batch * len(durations) / step_total,
             "matcher_ms_per_step": 1000 * sum(self.matcher_s[timed]) / len(durations),
             "matcher_share": sum(self.matcher_s[timed]) / step_total,
             "assignment_share": sum(self.assignment_s[timed]) / step_total,
@@ -160,7 +168,6 @@ def state_broadcast(value: str, state: PartialState) -> str:
     return holder[0]
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="a detection YAML config")
@@ -170,14 +177,19 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed first steps (default 20)")
     parser.add_argument("--eval-images", type=int, default=100, help="val images of the final evaluation")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="keep the run (weights, checkpoints, logs) in this folder; default: a temporary "
+                             "folder, deleted at the end")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     args = parser.parse_args()
     if args.steps <= args.warmup + 1:
         parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup} + 1")
 
     state = PartialState(cpu=not torch.cuda.is_available())  # as `fit`'s Accelerator will ask
-    output_dir = Path(tempfile.mkdtemp(prefix="detection_throughput_")) if state.is_main_process else None
-    output_dir = Path(state_broadcast(str(output_dir) if output_dir else "", state))
+    output_dir = args.output_dir
+    if output_dir is None:
+        folder = tempfile.mkdtemp(prefix="detection_throughput_") if state.is_main_process else ""
+        output_dir = Path(state_broadcast(folder, state))
     config = build_config(args.config, args.scenes, args.steps, state.num_processes, args.eval_images, output_dir,
                           list(args.overrides))
     task = DetectionTask(config)
@@ -189,14 +201,18 @@ def main() -> None:
     result = fit(task, task.config)
     wall = time.perf_counter() - start
 
-    images_per_step = config.train.batch_size * state.num_processes * config.train.grad_accum_steps
-    figures = clock.summary(args.warmup, images_per_step)
-    figures.update(steps=len(clock.step_starts), wall_s=wall, processes=state.num_processes,
+    # The clock stamps every batch (one loss call per process); with gradient accumulation an
+    # optimizer step is grad_accum_steps of them.
+    images_per_batch = config.train.batch_size * state.num_processes
+    figures = clock.summary(args.warmup, images_per_batch)
+    figures.update(batches=len(clock.step_starts), wall_s=wall, processes=state.num_processes,
                    AP=result.metrics.get("AP", float("nan")), AP50=result.metrics.get("AP50", float("nan")))
     if torch.cuda.is_available():
         figures["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if not state.is_main_process:
         return
+    if args.output_dir is None:
+        shutil.rmtree(output_dir, ignore_errors=True)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} thread(s)"
     model = config.model
     precision = resolve_mixed_precision(config.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
@@ -206,8 +222,8 @@ def main() -> None:
           f"max {config.data.max_size}")
     print(f"  {device}, {state.num_processes} process(es) x batch {config.train.batch_size}, "
           f"mixed precision {precision}, torch {torch.__version__}")
-    print(f"  {figures['steps']} steps in {wall:.0f} s (model build, data, evaluation included); "
-          f"timed: {figures['timed_steps']} steps after {args.warmup}")
+    print(f"  {figures['batches']} batches in {wall:.0f} s (model build, data, evaluation included); "
+          f"timed: {figures['timed_steps']} after {args.warmup}")
     print(f"  step {figures['step_ms_median']:.1f} ms median, {figures['step_ms_mean']:.1f} ms mean -> "
           f"{figures['images_per_s']:.1f} images/s ({figures['images_per_s_mean']:.1f} from the mean)")
     print(f"  matcher {figures['matcher_ms_per_step']:.2f} ms/step = {100 * figures['matcher_share']:.1f}% of the "
