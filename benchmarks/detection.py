@@ -139,9 +139,9 @@ def calibrate(config: DetectionConfig, steps: int) -> tuple[float, float]:
 
     The training step is the median of `steps` timed steps after `WARMUP_STEPS` untimed ones
     (`budget_probe.median_step_seconds`, as the other budget benchmarks: a mean over the first
-    steps overestimated the step time by a third and left a third of the budget unused); the
-    evaluation time is the forward pass over two eval batches (COCOeval's share is covered by
-    `SAFETY`).
+    steps overestimated the step time by a third and left a third of the budget unused; NaN for
+    `steps` 0); the evaluation time is the forward pass over two eval batches (COCOeval's share is
+    covered by `SAFETY`).
     """
     task = DetectionTask(config)
     torch.manual_seed(config.train.seed)
@@ -149,7 +149,8 @@ def calibrate(config: DetectionConfig, steps: int) -> tuple[float, float]:
     train_set, eval_set = task.build_datasets()
     loader = DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True,
                         collate_fn=task.collate_fn(True), drop_last=True)
-    step_s = median_step_seconds(task, model, loader, config, steps, WARMUP_STEPS)
+    # steps=0: the step is timed elsewhere (`launched_step_seconds`); only the evaluation here.
+    step_s = median_step_seconds(task, model, loader, config, steps, WARMUP_STEPS) if steps else math.nan
     eval_loader = DataLoader(eval_set, batch_size=config.train.batch_size, collate_fn=task.collate_fn(False))
     model.eval()
     start, seen = time.perf_counter(), 0
@@ -226,8 +227,9 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
     config = load_config(DetectionConfig, CONFIG, [*VARIANTS[name], *overrides, f"train.output_dir={output_dir}",
                                                    "train.eval_every_epochs=1"])
     calibration_start = time.perf_counter()
-    step_s, eval_image_s = calibrate(config, calibration_steps if processes == 1 else 2)
-    if processes > 1 and total_steps is None:
+    launched_probe = processes > 1 and total_steps is None
+    step_s, eval_image_s = calibrate(config, 0 if launched_probe else calibration_steps)
+    if launched_probe:
         step_s = launched_step_seconds([*VARIANTS[name], *overrides], processes)
     calibration_s = time.perf_counter() - calibration_start
     eval_images = config.data.num_eval_samples or 10**9

@@ -49,17 +49,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
 from accelerate import PartialState  # noqa: E402
+from accelerate.utils import broadcast_object_list  # noqa: E402
 
 import vit_detection.matcher as matcher_module  # noqa: E402
-from vit_detection.config import DetectionConfig  # noqa: E402
+from vit_detection.config import DetectionConfig, DetectionDataConfig  # noqa: E402
 from vit_detection.task import DetectionTask  # noqa: E402
 from vit_training import load_config  # noqa: E402
 from vit_training.config import resolve_mixed_precision  # noqa: E402
 from vit_training.loop import fit  # noqa: E402
 
-# The composed scenes' layout (`vit_detection.prepare.prepare_fashion_scenes`) as data overrides.
-SCENE_LAYOUT = ["data.train_images=train", "data.train_annotations=annotations/instances_train.json",
-                "data.val_images=val", "data.val_annotations=annotations/instances_val.json"]
+# The composed scenes are written in the layout the data config defaults to (a COCO 2017 config
+# names other folders): those defaults, as overrides.
+SCENE_LAYOUT = [f"data.{name}={getattr(DetectionDataConfig(), name)}"
+                for name in ("train_images", "train_annotations", "val_images", "val_annotations")]
 
 
 def _synchronize() -> None:
@@ -161,8 +163,6 @@ def state_broadcast(value: str, state: PartialState) -> str:
     """`value` of process 0 on every process (the run folder must be one folder)."""
     if state.num_processes == 1:
         return value
-    from accelerate.utils import broadcast_object_list
-
     holder = [value]
     broadcast_object_list(holder, from_process=0)
     return holder[0]
