@@ -147,16 +147,19 @@ def build_config(config_file: Path, scenes: Path | None, steps: int, processes: 
     data = [f"data.root={scenes}", *SCENE_LAYOUT] if scenes else []
     base = load_config(DetectionConfig, config_file, [*data, *overrides])  # the batch size may be overridden
     images_per_step = base.train.batch_size * processes * base.train.grad_accum_steps
-    run = [f"data.num_train_samples={steps * images_per_step}", f"data.num_eval_samples={eval_images}",
-           "train.epochs=1", "train.eval_every_epochs=0", "train.save_every_steps=0", "train.log_every_steps=50",
-           "eval.overlay_images=2", f"train.output_dir={output_dir}"]
+    defaults = ["train.log_every_steps=50", "eval.overlay_images=2"]
+    # The sizing comes last: an override such as data.num_train_samples=null would otherwise turn
+    # the `steps` steps into an epoch over the whole training set.
+    sizing = [f"data.num_train_samples={steps * images_per_step}", f"data.num_eval_samples={eval_images}",
+              "train.epochs=1", "train.eval_every_epochs=0", "train.save_every_steps=0",
+              f"train.output_dir={output_dir}"]
     if base.schedule.warmup_steps >= steps:
-        run.append(f"schedule.warmup_steps={steps // 4}")
+        sizing.append(f"schedule.warmup_steps={steps // 4}")
     if base.schedule.name == "step":
         # Milestones of a long run (COCO's epoch 200) lie outside one short epoch; the lr's value
         # does not change what a step costs.
-        run += ["schedule.name=constant", "schedule.milestone_epochs=[]", "schedule.milestone_steps=[]"]
-    return load_config(DetectionConfig, config_file, [*data, *run, *overrides])
+        sizing += ["schedule.name=constant", "schedule.milestone_epochs=[]", "schedule.milestone_steps=[]"]
+    return load_config(DetectionConfig, config_file, [*data, *defaults, *overrides, *sizing])
 
 
 def state_broadcast(value: str, state: PartialState) -> str:
