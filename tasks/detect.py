@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("dataset", choices=("scenes", "trees"), help="which demo data set")
     prepare.add_argument("--output", type=Path, default=None,
                          help="folder to write (default data/fashion_scenes or data/trees)")
-    prepare.add_argument("--num-train", type=int, default=None, help="scenes: training images (default 8000)")
+    prepare.add_argument("--num-train", type=int, default=None, help="scenes: training images (default 24000)")
     prepare.add_argument("--num-val", type=int, default=None, help="scenes: validation images (default 500)")
     prepare.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     prepare.add_argument("--overwrite", action="store_true", help="replace a folder written with other parameters")
