@@ -17,15 +17,17 @@ in this process:
 an evaluation pass are timed on each variant (this calibration is not counted in the budget,
 and is printed; with ``--processes N`` the steps are timed in N launched processes through
 `fit`, as `benchmarks/detection_throughput.py` times them, since N processes on N cores step
-slower than one process alone), then the run gets ``--evals`` epochs of a fitted number of scenes each, with a
-COCO evaluation (pycocotools, ``data.num_eval_samples`` fixed val scenes) after every epoch. An
-"epoch" here is a different slice of the shuffled training set each time, so no scene repeats
-until the whole set has been seen; the set is every training scene (``data.num_train_samples=null``:
-the 24,000 of `prepare scenes`, where the config's 6,000 are the demo's one epoch). The lr schedule
-(warm-up, cosine decay) spans the whole budget. Prints AP and AP50 at every evaluation (seconds
-since the start of `fit`), then the table plain vs fast (with the class-agnostic AP50 of the last evaluation: boxes found whatever their
-class) with the ratio and the issue's target (AP50 >= 0.7 and AP >= 0.45 in 20 minutes on
-the 2-core CPU).
+slower than one process alone), then the run gets ``--evals`` epochs of a fitted number of
+scenes each, with a COCO evaluation (pycocotools, ``data.num_eval_samples`` fixed val scenes)
+after every epoch. An "epoch" here is a different slice of the shuffled training set each time,
+so no scene repeats until the whole set has been seen; the set is every training scene
+(``data.num_train_samples=null``: the 24,000 of `prepare scenes`, where the config's 6,000 are
+the demo's one epoch). The lr schedule (warm-up, cosine decay) spans the whole budget. Prints AP
+and AP50 at every evaluation (seconds since the start of `fit`), then the table plain vs fast
+(with the class-agnostic AP50 of the last evaluation: boxes found whatever their class) with the
+ratio and the issue's target (AP50 >= 0.7 and AP >= 0.45 in 20 minutes on the 2-core CPU),
+judged on the last evaluation done within the budget: when the machine steps slower than its
+calibration and the run overruns, an earlier evaluation counts.
 
 Threads: ``--threads 1`` by default (measured that way while other jobs used the second core;
 users run with 2). ``--processes 2`` instead trains in two data-parallel processes of one thread
@@ -85,10 +87,11 @@ RECIPE_TRAIN_SCENES = 24000  # `prepare scenes`' default, what the README's runs
 TARGET_AP50 = 0.70
 TARGET_AP = 0.45
 # Share of the budget planned for steps and evaluations; the rest is for what calibration does
-# not see: the launch, model build, first batches, overlays, checkpoints and the final export.
-# On 2026-12-04 (2 processes) 4,488 steps planned at the probe's 0.245 s took 1,069 s in all,
-# but the next run stepped 9% slower than its probe (0.26 against 0.238 s): keep that margin.
-SAFETY = 0.93
+# not see: the launch, model build, first batches, overlays, checkpoints and the final export, and
+# the machine slowing after its calibration. On 2026-12-04 (2 processes) runs stepped 0.97-1.20x
+# their probe's time (four of six slower; 1.12x for the 110-step mean probe at 16:43): at 0.93 two
+# of three runs overran by 57-86 s, so 0.85.
+SAFETY = 0.85
 WARMUP_STEPS = 3  # calibration steps not timed (first-touch allocations, oneDNN kernel selection)
 # The launched calibration of `--processes` runs. Two processes' steps vary from 0.20 to 0.35 s within
 # one run on the 2-core machine (a faster process waits for the other at every all-reduce), so the
@@ -270,12 +273,18 @@ def run(name: str, minutes: float, evals: int, calibration_steps: int, overrides
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     evals_log = [r for r in records if r["split"] == "eval"]
+    # The score is the last evaluation done within the budget. An evaluation's time_s counts from the
+    # start of `fit`; what came before it (the launch, the model build) is at most the wall time less
+    # the last evaluation's time_s (that difference also holds the final export, so it errs on the
+    # safe side). A run that overran is scored on its earlier evaluation, at a higher lr.
+    before_fit_s = wall - evals_log[-1]["time_s"]
+    in_budget = [r for r in evals_log if r["time_s"] + before_fit_s <= minutes * 60]
     agnostic = class_agnostic_ap50(data_path(config.data, config.data.val_annotations),
                                    output_dir / "coco_results.json")
     return {"name": name, "wall_s": wall, "steps": evals * steps_per_epoch, "step_s": step_s,
             "evals": [(r["time_s"], r["step"], r["AP"], r["AP50"]) for r in evals_log],
-            "final": evals_log[-1], "agnostic_ap50": agnostic, "output_dir": str(output_dir),
-            "processes": processes}
+            "final": evals_log[-1], "scored": in_budget[-1] if in_budget else None,
+            "agnostic_ap50": agnostic, "output_dir": str(output_dir), "processes": processes}
 
 
 def run_plan(plan_file: Path) -> None:
@@ -348,7 +357,13 @@ def main() -> None:
         final = result["final"]
         print(f"  {result['name']:<8} {result['wall_s']:7.0f} {result['steps']:6d} {final['AP']:7.3f} "
               f"{final['AP50']:7.3f} {final['AP75']:7.3f} {result['agnostic_ap50']:15.3f}")
-    by_name = {r["name"]: r["final"] for r in results}
+        scored = result["scored"]
+        if scored is not final:
+            within = (f"its last evaluation within them: step {scored['step']}, AP {scored['AP']:.3f}, "
+                      f"AP50 {scored['AP50']:.3f}" if scored else "no evaluation within them")
+            print(f"  {result['name']} ran past the {minutes:g} minutes (the machine stepped slower than its "
+                  f"calibration); scored on {within}")
+    by_name = {r["name"]: r["scored"] for r in results if r["scored"] is not None}
     if len(by_name) == 2:
         for key in ("AP", "AP50"):
             plain = by_name["plain"][key]
@@ -358,7 +373,7 @@ def main() -> None:
         met = by_name["fast"]["AP50"] >= TARGET_AP50 and by_name["fast"]["AP"] >= TARGET_AP
         print(f"  target (fast, 20 min on 2 cores): AP50 >= {TARGET_AP50} and AP >= {TARGET_AP}: "
               f"{'met' if met else 'not met'} in {minutes:g} min (AP50 {by_name['fast']['AP50']:.4f}, "
-              f"AP {by_name['fast']['AP']:.4f})")
+              f"AP {by_name['fast']['AP']:.4f} at step {by_name['fast']['step']})")
 
 
 if __name__ == "__main__":
