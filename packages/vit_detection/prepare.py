@@ -497,8 +497,9 @@ def prepare_fashion_scenes(
     Args:
         output_dir: where the data set goes (see the module doc).
         num_train, num_val: scenes per split. 24,000 training scenes (about 190 MB, 25 s to write)
-            hold about 72,000 objects drawn from the 60,000 Fashion-MNIST training items; a detector trained for 20 minutes on 2 cores sees each scene about 3 times
-            (trained on 6,000 scenes it saw each 12 times and reached 0.03 AP less; README).
+            hold about 72,000 objects drawn from the 60,000 Fashion-MNIST training items; a
+            detector trained for 20 minutes on 2 cores sees each scene about 3 times (trained on
+            6,000 scenes it saw each 12 times and reached 0.03 AP less; README).
         canvas_range: (smallest, largest) canvas side in pixels, drawn per side and scene.
         object_size: (smallest, largest) scaled object side in pixels.
         objects_per_image: (fewest, most) objects tried per scene.
