@@ -361,8 +361,7 @@ def main() -> None:
         if scored is not final:
             within = (f"its last evaluation within them: step {scored['step']}, AP {scored['AP']:.3f}, "
                       f"AP50 {scored['AP50']:.3f}" if scored else "no evaluation within them")
-            print(f"  {result['name']} ran past the {minutes:g} minutes (the machine stepped slower than its "
-                  f"calibration); scored on {within}")
+            print(f"  {result['name']} ran past the {minutes:g} minutes; scored on {within}")
     by_name = {r["name"]: r["scored"] for r in results if r["scored"] is not None}
     if len(by_name) == 2:
         for key in ("AP", "AP50"):
