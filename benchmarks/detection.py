@@ -69,6 +69,7 @@ from pycocotools.cocoeval import COCOeval  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from vit_detection.config import DetectionConfig  # noqa: E402
+from vit_detection.prepare import SCENES_NUM_TRAIN  # noqa: E402
 from vit_detection.task import DetectionTask, data_path  # noqa: E402
 from vit_training import load_config  # noqa: E402
 from vit_training.cli import cpu_launch_command  # noqa: E402
@@ -83,7 +84,6 @@ VARIANTS: dict[str, list[str]] = {
     "plain": ["model.query_type=learned", "model.dn_groups=0", "model.two_stage=false", "model.class_score=softmax",
               "loss.cost_class=1.0", "loss.ce_weight=1.0"],
 }
-RECIPE_TRAIN_SCENES = 24000  # `prepare scenes`' default, what the README's runs trained on
 TARGET_AP50 = 0.70
 TARGET_AP = 0.45
 # Share of the budget planned for steps and evaluations; the rest is for what calibration does
@@ -331,9 +331,9 @@ def main() -> None:
             raise FileNotFoundError(f"{summary} not found: run `python tasks/detect.py prepare scenes` first "
                                     f"(from the repository root)")
         num_train = json.loads(summary.read_text())["parameters"]["num_train"]
-        if num_train < RECIPE_TRAIN_SCENES:
+        if num_train < SCENES_NUM_TRAIN:
             print(f"note: {summary.parent} holds {num_train} training scenes; the README's figures were measured "
-                  f"on {RECIPE_TRAIN_SCENES} (`python tasks/detect.py prepare scenes --overwrite`)", flush=True)
+                  f"on {SCENES_NUM_TRAIN} (`python tasks/detect.py prepare scenes --overwrite`)", flush=True)
     names = [args.only] if args.only else ["fast", "plain"]
     workers = (f"{args.processes} processes x 1 thread" if args.processes > 1
                else f"{torch.get_num_threads()} torch thread(s)")

@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never reach a hub from
 
 # After the environment above: the imports below read it.
 from vit_detection.config import DetectionConfig  # noqa: E402
+from vit_detection.prepare import SCENES_NUM_TRAIN  # noqa: E402
 from vit_training.cli import (  # noqa: E402
     CONFIG_FILE,
     add_overrides,
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("dataset", choices=("scenes", "trees"), help="which demo data set")
     prepare.add_argument("--output", type=Path, default=None,
                          help="folder to write (default data/fashion_scenes or data/trees)")
-    prepare.add_argument("--num-train", type=int, default=None, help="scenes: training images (default 24000)")
+    prepare.add_argument("--num-train", type=int, default=None,
+                         help=f"scenes: training images (default {SCENES_NUM_TRAIN})")
     prepare.add_argument("--num-val", type=int, default=None, help="scenes: validation images (default 500)")
     prepare.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     prepare.add_argument("--overwrite", action="store_true", help="replace a folder written with other parameters")
