@@ -264,7 +264,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from PIL import Image
 
-    from vit_segmentation.datasets import read_nifti_volume, write_nifti_labels
+    from vit_segmentation.data import read_nifti_volume, write_nifti_labels
     from vit_segmentation.model import build_transunet
     from vit_segmentation.task import overlay_slice_indices, predict_volume, resolve_config, save_overlays
     from vit_training.loop import load_weights_for_inference

@@ -33,7 +33,7 @@ from vit_classification.config import (
     DataConfig,
     ModelConfig,
 )
-from vit_classification.datasets import write_idx
+from vit_classification.data import write_idx
 from vit_classification.metrics import (
     ClassificationMeter,
     classification_metrics,

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from vit_detection import prepare
-from vit_detection.datasets import CocoDetection, collate_detection, load_coco_json, read_rgb
+from vit_detection.data import CocoDetection, collate_detection, load_coco_json, read_rgb
 from vit_detection.prepare import (
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from vit_segmentation.datasets import (
+from vit_segmentation.data import (
     NiftiSliceDataset,
     NiftiVolumeDataset,
     SynapseSliceDataset,

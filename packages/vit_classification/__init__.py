@@ -5,7 +5,7 @@ Data side: `datasets` reads IDX (MNIST / Fashion-MNIST), ImageFolder and CIFAR-1
 batches (timm's Mixup/CutMix with label smoothing).
 """
 
-from .datasets import (
+from .data import (
     CIFAR10_CLASSES,
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,

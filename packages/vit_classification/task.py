@@ -36,7 +36,7 @@ from vit_training.config import ConfigError
 from vit_training.seeding import sample_seed
 
 from .config import ClassificationConfig, DataConfig
-from .datasets import (
+from .data import (
     FASHION_MNIST_CLASSES,
     IMAGE_EXTENSIONS,
     MNIST_CLASSES,

@@ -1,7 +1,7 @@
 """Classification augmentation: albumentations pipelines per sample, timm's Mixup/CutMix per batch.
 
 Per sample (`build_train_transform`, `build_eval_transform`): a uint8 (H, W, C) numpy image, as
-every dataset of `vit_classification.datasets` returns, becomes a float32 (C, size_h, size_w)
+every dataset of `vit_classification.data` returns, becomes a float32 (C, size_h, size_w)
 tensor normalised with the given mean/std. The train pipeline follows timm's ImageNet recipe
 (random resized crop, flip, a light RandAugment-like photometric set); the eval pipeline is
 timm's "resize the shorter side to size / crop_pct, then center crop".

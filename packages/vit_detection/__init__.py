@@ -9,7 +9,7 @@ pyramid), `transformer`, `detr` (the detector), `matcher` (Hungarian), `criterio
 from .coco_eval import evaluate_coco, predictions_to_coco_results, summary_text
 from .config import DetectionConfig
 from .criterion import SetCriterion
-from .datasets import CocoDetection, collate_detection
+from .data import CocoDetection, collate_detection
 from .detr import DETR
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess

@@ -7,7 +7,7 @@ Both builders write::
       annotations/instances_train.json   annotations/instances_val.json
       summary.json              (what was built, from what, with which parameters)
 
-which `vit_detection.datasets.CocoDetection(output_dir / "train", output_dir /
+which `vit_detection.data.CocoDetection(output_dir / "train", output_dir /
 "annotations/instances_train.json")` reads back. Category ids start at 1 and annotation ids at 1
 (pycocotools cannot match id 0); ``area`` is the box area w * h (no masks here); ``iscrowd`` is 0.
 

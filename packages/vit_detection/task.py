@@ -4,7 +4,7 @@ Batches are ``(images, pad_mask, targets)`` from `collate_detection`: images flo
 (B, 3, H, W) normalised and zero-padded bottom/right to a multiple of the patch size, pad_mask
 bool (B, H, W) True on padding, targets a list of B dicts ("boxes" (T, 4) normalised cxcywh of
 the unpadded augmented image, "labels" (T,) contiguous, "image_id", "orig_size", "size"); see
-`vit_detection.datasets`.
+`vit_detection.data`.
 
 The criterion (matcher + set loss) lives on the task, not in the model: the model's state dict
 is then only the network, and the exported ``model.safetensors`` loads into `build_detector`.
@@ -41,7 +41,7 @@ from .coco_eval import (
 )
 from .config import DetectionConfig, DetectionDataConfig, DetectionModelConfig
 from .criterion import SetCriterion
-from .datasets import CocoDetection, collate_detection, load_coco_json, read_rgb
+from .data import CocoDetection, collate_detection, load_coco_json, read_rgb
 from .detr import DETR
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess

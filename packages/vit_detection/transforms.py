@@ -26,7 +26,7 @@ Pipelines (`build_detection_transforms`), after DETR's ``make_coco_transforms``:
   them by the original size.
 
 Random draws come from albumentations' own generators (not torch's or numpy's global ones);
-`DetectionTransform.set_seed` reseeds them, which `vit_detection.datasets.CocoDetection` does per
+`DetectionTransform.set_seed` reseeds them, which `vit_detection.data.CocoDetection` does per
 sample from (seed, epoch, index).
 
 albumentations asks PyPI for updates on import unless ``NO_ALBUMENTATIONS_UPDATE=1`` is set;

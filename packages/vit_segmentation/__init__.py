@@ -7,7 +7,7 @@ Modules: `model` (TransUNet: hybrid or plain ViT encoder, cascaded upsampler), `
 """
 
 from .config import SegmentationConfig
-from .datasets import (
+from .data import (
     NiftiSliceDataset,
     NiftiVolumeDataset,
     SynapseSliceDataset,

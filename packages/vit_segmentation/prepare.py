@@ -46,7 +46,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from .datasets import DEFAULT_MR_PERCENTILES, normalize_mr
+from .data import DEFAULT_MR_PERCENTILES, normalize_mr
 
 __all__ = [
     "DEBIAN_MRICRON_TEMPLATES",

@@ -32,7 +32,7 @@ from vit_training.config import ConfigError
 from vit_training.seeding import sample_seed
 
 from .config import SegmentationConfig
-from .datasets import (
+from .data import (
     NiftiSliceDataset,
     NiftiVolumeDataset,
     SynapseSliceDataset,
