@@ -196,9 +196,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
 
+    from vit_classification.data import resolve_config
     from vit_classification.metrics import write_predictions_csv
     from vit_classification.model import build_classifier
-    from vit_classification.task import predict_images, resolve_config
+    from vit_classification.task import predict_images
     from vit_training.loop import load_weights_for_inference
 
     config = resolve_config(_load_config(args, args.overrides))

@@ -527,7 +527,7 @@ class _CountingSource:
 
 
 def test_cached_samples_equal_the_pipeline_and_read_each_item_once() -> None:
-    from vit_classification.task import AugmentedSamples
+    from vit_classification.data import AugmentedSamples
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
@@ -554,7 +554,7 @@ def test_cached_samples_equal_the_pipeline_and_read_each_item_once() -> None:
 
 
 def test_cache_with_a_random_training_pipeline_is_refused() -> None:
-    from vit_classification.task import AugmentedSamples
+    from vit_classification.data import AugmentedSamples
 
     images, labels = np.zeros((2, 28, 28, 1), dtype=np.uint8), np.zeros(2, dtype=np.int64)
     flips = build_train_transform(32, 1, (0.3,), (0.35,), scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, color_ops=0)

@@ -33,18 +33,18 @@ from vit_classification.config import (
     DataConfig,
     ModelConfig,
 )
-from vit_classification.data import write_idx
+from vit_classification.data import resolve_config, write_idx
 from vit_classification.metrics import (
     ClassificationMeter,
     classification_metrics,
     confusion_matrix,
     per_class_accuracy,
-    save_confusion_matrix_png,
     topk_accuracy,
     write_predictions_csv,
 )
 from vit_classification.model import build_classifier, build_classifier_with_report
-from vit_classification.task import ClassificationTask, predict_images, resolve_config
+from vit_classification.task import ClassificationTask, predict_images
+from vit_classification.visualize import save_confusion_matrix_png
 from vit_training import OptimizerConfig, TrainConfig
 from vit_training.config import ConfigError, load_config
 from vit_training.seeding import sample_seed

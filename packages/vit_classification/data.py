@@ -15,37 +15,66 @@ and what was expected.
 
 from __future__ import annotations
 
-import gzip
+import dataclasses
+import logging
 import os
 import pickle
 import socket
-import struct
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
+import torch
 from torch.utils.data import Dataset
 
+from vit_training.config import ConfigError
+from vit_training.data import (
+    DEBIAN_FASHION_MNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_FILES,
+    IMAGE_EXTENSIONS,
+    SUBSET_SEED,
+    list_images,
+    one_line,
+    read_idx,
+    read_image,
+    subset_indices,
+    to_channels,
+    write_idx,
+)
+from vit_training.seeding import sample_seed
+
+from .config import ClassificationConfig, DataConfig
+from .transforms import ImageTransform
+
 __all__ = [
+    "AugmentedSamples",
     "InMemoryImageDataset",
     "CIFAR10_CLASSES",
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "MNIST_CLASSES",
+    "SUBSET_SEED",
     "Cifar10Dataset",
     "Cifar100Dataset",
     "IdxDataset",
     "ImageFolderDataset",
     "default_cache_dir",
+    "default_normalization",
     "find_fashion_mnist",
     "find_mnist",
-    "load_image",
+    "list_images",
+    "open_split",
+    "read_class_names",
     "read_cifar_pickle",
     "read_idx",
+    "read_image",
+    "resolve_config",
+    "subset_indices",
     "to_channels",
     "write_idx",
 ]
@@ -54,9 +83,7 @@ Channels = Literal[1, 3]
 Split = Literal["train", "test"]
 Transform = Callable[[np.ndarray], Any]
 
-FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+logger = logging.getLogger(__name__)
 # torchvision's names, so predictions files read the same whichever loader made them.
 MNIST_CLASSES: tuple[str, ...] = (
     "0 - zero", "1 - one", "2 - two", "3 - three", "4 - four",
@@ -67,157 +94,17 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 
-# The one place the Debian package `dataset-fashion-mnist` is named: where it installs its four .gz files.
-DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-# torchvision's IMG_EXTENSIONS; compared case-insensitively.
-IMAGE_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".ppm",
-    ".bmp",
-    ".pgm",
-    ".tif",
-    ".tiff",
-    ".webp",
-)
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its message with newlines folded."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def to_channels(image: np.ndarray, channels: Channels) -> np.ndarray:
-    """Give an image exactly `channels` channels.
-
-    Args:
-        image: uint8, (H, W) or (H, W, 1) grey, or (H, W, 3) RGB.
-        channels: 1 or 3. Grey -> 3 replicates the plane; RGB -> 1 takes the luminance
-            ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``, PIL's fixed-point ITU-R 601-2 weights,
-            so the result equals ``Image.convert("L")`` bit for bit.
-
-    Returns:
-        uint8 (H, W, channels), C-contiguous.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"expected an image of shape (H, W), (H, W, 1) or (H, W, 3), got {image.shape}")
-    if image.shape[2] == channels:
-        return np.ascontiguousarray(image)
-    if channels == 3:
-        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
-    rgb = image.astype(np.uint32)
-    grey = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
-    return grey.astype(np.uint8)[:, :, None]
-
 
 # --------------------------------------------------------------------------------------------------
-# IDX (MNIST / Fashion-MNIST)
+# IDX (MNIST / Fashion-MNIST), read by `vit_training.data.read_idx`
 # --------------------------------------------------------------------------------------------------
-
-# The IDX type byte -> big-endian numpy dtype (LeCun's format description).
-_IDX_TYPES: dict[int, np.dtype] = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def _read_maybe_gzip(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic (whatever its name says)."""
-    raw = path.read_bytes()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ValueError(f"{path}: corrupt or truncated gzip stream ({_one_line(exc)})") from exc
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (LeCun's MNIST format), plain or gzip-compressed.
-
-    The header is two zero bytes, a type byte (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32,
-    0x0D float32, 0x0E float64), a dimension count, then one big-endian uint32 per dimension;
-    the data follows big-endian, row-major, and must fill the shape exactly.
-
-    Returns:
-        An array of the stored shape in the native byte order: for MNIST / Fashion-MNIST images
-        (N, 28, 28) uint8, for labels (N,) uint8.
-
-    Raises:
-        ValueError: one line naming the file: wrong magic, unknown type byte, truncated or
-            over-long data, corrupt gzip stream.
-    """
-    path = Path(path)
-    data = _read_maybe_gzip(path)
-    if len(data) < 4:
-        raise ValueError(f"{path}: not an IDX file: {len(data)} bytes, expected a 4-byte header 00 00 TT ND")
-    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0:
-        raise ValueError(
-            f"{path}: not an IDX file: magic 0x{data[:4].hex()}, expected 0x0000TTND (two zero bytes, type, dims)"
-        )
-    if type_code not in _IDX_TYPES:
-        known = ", ".join(f"0x{code:02X}" for code in _IDX_TYPES)
-        raise ValueError(f"{path}: IDX type byte 0x{type_code:02X} is not one of {known}")
-    if ndim == 0:
-        raise ValueError(f"{path}: IDX header says 0 dimensions, expected at least 1")
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise ValueError(
-            f"{path}: truncated IDX header: {len(data)} bytes, expected {header_size} for {ndim} dims"
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:header_size])
-    dtype = _IDX_TYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    found = len(data) - header_size
-    if found != expected:
-        kind = "truncated" if found < expected else "over-long"
-        raise ValueError(
-            f"{path}: {kind} IDX data: {found} bytes after the header, expected {expected} for shape {shape} {dtype}"
-        )
-    array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
-    # A writable copy in native byte order: torch.from_numpy warns on read-only buffers.
-    return array.astype(dtype.newbyteorder("="), copy=True)
-
-
-def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write `array` as an IDX file; gzip-compressed when `path` ends in ``.gz``.
-
-    Args:
-        array: uint8, int8, int16, int32, float32 or float64, any number (>= 1) of dimensions.
-    """
-    path = Path(path)
-    array = np.asarray(array)
-    type_code = next(
-        (code for code, dtype in _IDX_TYPES.items() if dtype.newbyteorder("=") == array.dtype), None
-    )
-    if type_code is None or array.ndim == 0:
-        raise ValueError(f"{path}: cannot write a {array.dtype} array of {array.ndim} dims as IDX")
-    header = struct.pack(f">HBB{array.ndim}I", 0, type_code, array.ndim, *array.shape)
-    payload = header + array.astype(_IDX_TYPES[type_code], copy=False).tobytes(order="C")
-    if path.suffix == ".gz":
-        # mtime=0 so the same array always gives the same bytes.
-        payload = gzip.compress(payload, mtime=0)
-    path.write_bytes(payload)
 
 
 def _idx_candidates(root: Path, kind: str, split: Split) -> list[Path]:
     """Where one IDX file of a split may sit under `root`, in the order they are tried."""
-    prefix = "train" if split == "train" else "t10k"
-    ndim = 3 if kind == "images" else 1
+    published = FASHION_MNIST_FILES[split][0 if kind == "images" else 1]  # MNIST's names too
     # "-idx3-ubyte" is the published name, ".idx3-ubyte" what some unzip tools leave behind.
-    names = [f"{prefix}-{kind}-idx{ndim}-ubyte", f"{prefix}-{kind}.idx{ndim}-ubyte"]
+    names = [published, published.replace("-idx", ".idx")]
     return [root / (name + suffix) for name in names for suffix in ("", ".gz")]
 
 
@@ -367,7 +254,7 @@ def _find_idx_dir(
         dataset_class(str(download_root), train=False, download=True)
     except (OSError, RuntimeError) as exc:
         raise RuntimeError(
-            f"downloading {name} into {download_root} failed ({_one_line(exc)}); {how_to_install}"
+            f"downloading {name} into {download_root} failed ({one_line(exc)}); {how_to_install}"
             f"or give a directory holding the four IDX files"
         ) from exc
     finally:
@@ -434,164 +321,10 @@ def find_mnist(
 # --------------------------------------------------------------------------------------------------
 
 
-def _tile_rawmode(image: Image.Image) -> str | None:
-    """The raw mode the decoder will read (e.g. "I;16B", "I;32S"), known only before `load()`."""
-    try:
-        args = image.tile[0][3]
-    except (IndexError, TypeError, AttributeError):
-        return None
-    if isinstance(args, str):
-        return args
-    if isinstance(args, tuple) and args and isinstance(args[0], str):
-        return args[0]
-    return None
-
-
-def _integer_range(mode: str, rawmode: str | None) -> tuple[int, int, bool]:
-    """(lowest, highest, view_as_uint32) of the integers a mode "I"/"I;16*" image stores in its file.
-
-    Pillow holds every mode "I" image as int32, whatever the file held; the decoder's raw mode
-    tells the real bit depth: 16-bit PNGs opened by older Pillow as "I" have rawmode "I;16B",
-    unsigned 32-bit TIFFs "I;32N" (stored wrapped into int32).
-    """
-    source = rawmode if rawmode and rawmode.startswith("I;") else mode
-    if source.startswith("I;16"):
-        signed = source.endswith("S")
-        return (-(2**15), 2**15 - 1, False) if signed else (0, 2**16 - 1, False)
-    if source.startswith("I;32") and not source.endswith("S"):
-        return 0, 2**32 - 1, True
-    return -(2**31), 2**31 - 1, False
-
-
-def _composite(colour: np.ndarray, alpha: np.ndarray, background: np.ndarray) -> np.ndarray:
-    """Round(colour * a + background * (1 - a)) with a = alpha / 255, exactly, in integers.
-
-    (x + 127) // 255 equals round(x / 255) for integers x >= 0: x / 255 is never exactly k + 0.5.
-    """
-    a = alpha.astype(np.int32)[..., None]
-    mixed = colour.astype(np.int32) * a + background.astype(np.int32) * (255 - a)
-    return ((mixed + 127) // 255).astype(np.uint8)
-
-
-def _pil_to_uint8(
-    image: Image.Image,
-    rawmode: str | None,
-    background: tuple[int, int, int],
-    float_range: tuple[float, float],
-) -> np.ndarray:
-    """Any PIL mode -> uint8 (H, W, 1) grey or (H, W, 3) RGB, keeping grey images grey."""
-    mode = image.mode
-    # Palette and premultiplied modes go through their straight-alpha or plain equivalents first.
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("PA", "RGBa", "RGBX"):
-        image = image.convert("RGBA" if mode != "RGBX" else "RGB")
-    elif mode == "La":
-        image = image.convert("LA")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        image = image.convert("RGB")
-    mode = image.mode
-
-    if mode == "1":
-        return (np.asarray(image, dtype=np.uint8) * 255)[:, :, None]
-    if mode == "L":
-        return np.asarray(image, dtype=np.uint8)[:, :, None]
-    if mode == "RGB":
-        return np.asarray(image, dtype=np.uint8)
-    if mode == "LA":
-        pixels = np.asarray(image, dtype=np.uint8)
-        grey_background = to_channels(np.array(background, dtype=np.uint8).reshape(1, 1, 3), 1)[0, 0]
-        return _composite(pixels[..., :1], pixels[..., 1], grey_background)
-    if mode == "RGBA":
-        pixels = np.asarray(image, dtype=np.uint8)
-        return _composite(pixels[..., :3], pixels[..., 3], np.array(background, dtype=np.uint8))
-    if mode == "I" or mode.startswith("I;16"):
-        lowest, highest, unsigned32 = _integer_range(mode, rawmode)
-        values = np.asarray(image)
-        if unsigned32:
-            values = values.astype(np.int32, copy=False).view(np.uint32)
-        # Linear map of the stored type's whole range onto 0..255 (never clipping at 255, which is
-        # what Image.convert("L") does to 16-bit data). (2**bits - 1) is odd, so no ties to round.
-        span = highest - lowest
-        scaled = ((values.astype(np.int64) - lowest) * 255 + span // 2) // span
-        return scaled.astype(np.uint8)[:, :, None]
-    if mode == "F":
-        low, high = float_range
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=low)
-        scaled = np.clip((values - low) / (high - low), 0.0, 1.0) * 255.0
-        return np.rint(scaled).astype(np.uint8)[:, :, None]
-    raise ValueError(f"image mode {mode!r} is not supported")
-
-
-# What PIL raises for a missing, corrupt, truncated or non-image file, depending on the format.
-_PIL_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    Image.DecompressionBombError,
-)
-
-
-def load_image(
-    path: str | os.PathLike,
-    channels: Channels = 3,
-    background: int | tuple[int, int, int] = 0,
-    float_range: tuple[float, float] = (0.0, 1.0),
-) -> np.ndarray:
-    """Read one image file of any PIL mode as uint8 (H, W, channels).
-
-    Modes: "1" -> 0/255; "L"; "RGB"; "LA"/"RGBA" composited over `background`; "P" via RGB, or
-    RGBA when the palette has transparency; CMYK/YCbCr/LAB/HSV via RGB; 16- and 32-bit integer
-    ("I;16*", "I") scaled linearly from the full range of the integer type the file stores (its
-    actual bit depth: 0..65535 for 16-bit unsigned, -2**31..2**31-1 for signed 32-bit) to 0..255,
-    never clipped; float "F" mapped from `float_range` to 0..255 (outside clipped, NaN -> low end).
-    The first frame of a multi-frame file is used; EXIF orientation is not applied (as timm and
-    torchvision).
-
-    Args:
-        channels: 1 or 3; grey -> 3 replicates, RGB -> 1 takes luminance (see `to_channels`).
-        background: grey level or RGB colour under transparent pixels. Default black (0): what a
-            transparent pixel contributes with premultiplied alpha, and the background of
-            MNIST-style data; pass 255 for white (logos, product shots).
-        float_range: the values of a float image that mean black and white.
-
-    Raises:
-        ValueError: one line naming the file when it is corrupt, truncated or not an image.
-    """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    if isinstance(background, int):
-        background = (background, background, background)
-    if len(background) != 3 or not all(0 <= int(v) <= 255 for v in background):
-        raise ValueError(f"background must be a grey level or an RGB triple in 0..255, got {background!r}")
-    if not float_range[1] > float_range[0]:
-        raise ValueError(f"float_range must rise, got {float_range!r}")
-    try:
-        image = Image.open(path)
-    except _PIL_ERRORS as exc:
-        raise ValueError(f"{path}: cannot read image ({_one_line(exc)})") from exc
-    with image:
-        try:
-            rawmode = _tile_rawmode(image)
-            image.load()
-        except _PIL_ERRORS as exc:
-            raise ValueError(f"{path}: cannot read image ({_one_line(exc)})") from exc
-        try:
-            pixels = _pil_to_uint8(
-                image, rawmode, (int(background[0]), int(background[1]), int(background[2])), float_range
-            )
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-    return to_channels(pixels, channels)
-
-
 class ImageFolderDataset(Dataset):
     """torchvision's ImageFolder layout: ``root/<class name>/**/<image>``, classes sorted by name.
 
-    Images are decoded lazily, per item, by `load_image` (any PIL mode, see there).
+    Images are decoded lazily, per item, by `read_image` (any PIL mode, see there).
 
     Attributes:
         classes: sorted class-folder names, index = label.
@@ -616,8 +349,8 @@ class ImageFolderDataset(Dataset):
             transform: applied to the (H, W, channels) uint8 image.
             extensions: file suffixes that count as images (case-insensitive), others are ignored;
                 None takes every file whose name does not start with ".".
-            background: under transparent pixels (default black), see `load_image`.
-            float_range: float-image values meaning black and white, see `load_image`.
+            background: under transparent pixels (default black), see `read_image`.
+            float_range: float-image values meaning black and white, see `read_image`.
 
         Raises:
             FileNotFoundError: `root` is missing, holds no class folders, or a class folder
@@ -663,7 +396,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        image = load_image(path, self.channels, self.background, self.float_range)
+        image = read_image(path, self.channels, self.background, self.float_range)
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -760,7 +493,7 @@ def read_cifar_pickle(path: str | os.PathLike) -> dict[str, Any]:
         IndexError,
         KeyError,
     ) as exc:
-        raise ValueError(f"{path}: not a CIFAR python pickle ({_one_line(exc)})") from exc
+        raise ValueError(f"{path}: not a CIFAR python pickle ({one_line(exc)})") from exc
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a pickled dict, got {type(content).__name__}")
     return _decode_keys(content)
@@ -884,3 +617,263 @@ class Cifar100Dataset(InMemoryImageDataset):
         self.classes = [str(n) for n in _field(read_cifar_pickle(meta_path), names_key, meta_path)]
         label_key = "fine_labels" if labels == "fine" else "coarse_labels"
         self.images, self.targets = _cifar_split(self.root, [split], label_key, len(self.classes))
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation statistics, class names, and the config values they fill in
+# --------------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ITU-R 601-2 luma weights: the 1-channel statistics of colour data seen as grey (`to_channels`).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def default_normalization(data_format: str, channels: int) -> tuple[list[float], list[float]]:
+    """The (mean, std) of 0..1 pixels of a data format, for `channels` channels.
+
+    Published statistics of the training sets (ImageNet's for ImageFolder, as timm's default).
+    Grey statistics are replicated for 3 channels; colour ones become luminance for 1 channel
+    (the mean exactly, the std approximately: channel correlations are not known here).
+    """
+    if data_format == "fashion_mnist":
+        mean, std = (0.2860,), (0.3530,)
+    elif data_format == "mnist":
+        mean, std = (0.1307,), (0.3081,)
+    elif data_format == "cifar10":
+        mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    elif data_format == "cifar100":
+        mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+    elif data_format == "imagefolder":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        raise ValueError(f"data.format={data_format!r} has no default normalisation")
+    if len(mean) == channels:
+        return list(mean), list(std)
+    if channels == 3:
+        return list(mean) * 3, list(std) * 3
+    return [sum(w * m for w, m in zip(_LUMA, mean, strict=True))], [sum(w * s for w, s in zip(_LUMA, std, strict=True))]
+
+
+def _imagefolder_dirs(data: DataConfig) -> tuple[Path, Path | None]:
+    """(train tree, validation tree or None when it is not there and was not asked for)."""
+    if data.train_dir is None and data.root is None:
+        raise FileNotFoundError("data.format='imagefolder' needs data.root (holding train/ and val/) or data.train_dir")
+    train = Path(data.train_dir) if data.train_dir is not None else Path(data.root) / "train"
+    if data.val_dir is not None:
+        return train, Path(data.val_dir)
+    val = Path(data.root) / "val" if data.root is not None else None
+    return train, (val if val is not None and val.is_dir() else None)
+
+
+def _idx_dir(data: DataConfig) -> Path:
+    if data.format == "fashion_mnist":
+        return find_fashion_mnist(data.root, download=data.download)
+    return find_mnist(data.root, download=data.download)
+
+
+def _cifar_class_names(data: DataConfig) -> list[str]:
+    if data.root is None:
+        raise FileNotFoundError(f"data.format={data.format!r} needs data.root (the folder with the python pickles)")
+    root = Path(data.root)
+    if data.format == "cifar10":
+        folder, meta, key = "cifar-10-batches-py", "batches.meta", "label_names"
+    else:
+        folder, meta = "cifar-100-python", "meta"
+        key = "fine_label_names" if data.cifar100_labels == "fine" else "coarse_label_names"
+    path = next((p / meta for p in (root, root / folder) if (p / meta).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"data.root={data.root!r}: no {meta} here or in {root / folder}")
+    content = read_cifar_pickle(path)
+    if key not in content:
+        raise ValueError(f"{path}: no field {key!r}")
+    return [str(name) for name in content[key]]
+
+
+def open_split(data: DataConfig, train: bool) -> Dataset | None:
+    """The raw data set (no transform) of the training or the evaluation split `data` describes.
+
+    Returns:
+        An `IdxDataset`, `ImageFolderDataset`, `Cifar10Dataset` or `Cifar100Dataset` of uint8
+        (H, W, data.channels) images; None for an ImageFolder validation tree that is not there.
+    """
+    if data.format in ("fashion_mnist", "mnist"):
+        classes = FASHION_MNIST_CLASSES if data.format == "fashion_mnist" else MNIST_CLASSES
+        return IdxDataset(_idx_dir(data), "train" if train else "test", classes=classes, channels=data.channels)
+    if data.format == "imagefolder":
+        train_dir, val_dir = _imagefolder_dirs(data)
+        folder = train_dir if train else val_dir
+        if folder is None:
+            return None
+        return ImageFolderDataset(folder, channels=data.channels, background=data.background)
+    if data.root is None:
+        raise FileNotFoundError(f"data.format={data.format!r} needs data.root (the folder with the python pickles)")
+    split = "train" if train else "test"
+    if data.format == "cifar10":
+        return Cifar10Dataset(data.root, split, channels=data.channels)
+    return Cifar100Dataset(data.root, split, labels=data.cifar100_labels, channels=data.channels)
+
+
+def read_class_names(data: DataConfig) -> list[str]:
+    """The class names of the data `data` describes, index = label, without loading any image.
+
+    IDX formats have fixed names; ImageFolder lists the training tree's class folders (sorted,
+    as `ImageFolderDataset`); CIFAR reads its meta file.
+    """
+    if data.format == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    if data.format == "mnist":
+        return list(MNIST_CLASSES)
+    if data.format == "imagefolder":
+        train, _ = _imagefolder_dirs(data)
+        if not train.is_dir():
+            raise FileNotFoundError(f"{train}: image folder does not exist (data.root / data.train_dir)")
+        names = sorted(p.name for p in train.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not names:
+            raise FileNotFoundError(f"{train}: no class folders, expected {train}/<class name>/<images>")
+        return names
+    return _cifar_class_names(data)
+
+
+def resolve_config(config: ClassificationConfig) -> ClassificationConfig:
+    """A copy of `config` with the values it leaves to the data filled in.
+
+    `data.class_names` (`read_class_names`), `model.num_classes` (their count), `model.backbone.in_chans`
+    (`data.channels`), `model.backbone.img_size` (`data.input_size`) and `data.mean` / `data.std`
+    (`default_normalization`). Saved as the run's config.yaml, the result rebuilds the same model
+    and names its predictions without the data (for `predict`).
+
+    When the data cannot be read but `model.num_classes` is set (predicting on another machine
+    with a hand-written config), the classes are named "0", "1", ... with a warning.
+
+    Raises:
+        FileNotFoundError: the class names are needed and the data is not there.
+        ConfigError: a set value disagrees with the data (one line naming both).
+    """
+    model, data = config.model, config.data
+    names = list(data.class_names) if data.class_names is not None else None
+    if names is None:
+        try:
+            names = read_class_names(data)
+        except (FileNotFoundError, ValueError) as error:
+            if model.num_classes is None:
+                raise
+            logger.warning("class names unavailable (%s); naming the classes by index", error)
+            names = [str(index) for index in range(model.num_classes)]
+    if model.num_classes is not None and model.num_classes != len(names):
+        raise ConfigError(
+            f"model.num_classes={model.num_classes} but the data has {len(names)} classes ({', '.join(names[:4])}, ...)"
+        )
+    backbone = model.backbone
+    if backbone.in_chans is not None and backbone.in_chans != data.channels:
+        raise ConfigError(
+            f"model.backbone.in_chans={backbone.in_chans} but data.channels={data.channels}; the data is converted "
+            f"to the model's channels, so set data.channels (or leave model.backbone.in_chans null)"
+        )
+    backbone = dataclasses.replace(
+        backbone,
+        in_chans=data.channels,
+        img_size=backbone.img_size if backbone.img_size is not None else data.input_size,
+    )
+    model = dataclasses.replace(model, backbone=backbone, num_classes=len(names))
+    mean, std = default_normalization(data.format, data.channels)
+    data = dataclasses.replace(
+        data,
+        class_names=names,
+        mean=data.mean if data.mean is not None else mean,
+        std=data.std if data.std is not None else std,
+    )
+    return dataclasses.replace(config, model=model, data=data)
+
+
+# --------------------------------------------------------------------------------------------------
+# Samples with their transform (what the Task's data loaders read)
+# --------------------------------------------------------------------------------------------------
+
+
+class AugmentedSamples(Dataset):
+    """A classification data set with its transform: item i -> (image (C, H, W), label, i).
+
+    With `seed` set (training), every item reseeds a random transform from (seed, epoch, i) before
+    drawing its random crop/flip/colour: the same (epoch, i) always gives the same tensor, in any
+    process, DataLoader worker or resumed run. Without it (evaluation) the transform is used as is.
+
+    With `cache`, a deterministic pipeline (evaluation, or training whose transform draws
+    nothing: `ImageTransform.is_random` False) runs once per item: the first read keeps the
+    tensor, later epochs reuse it. On small images the pipeline is a large share of an epoch
+    (Fashion-MNIST's 28 -> 32 px resize and normalisation: 7-8.5 s of the CPU recipe's ~70 s epoch
+    on two threads, 0.3 s once cached). The cache lives in the process that reads the items (the main
+    process with ``num_workers=0``, else each worker; persistent workers keep theirs between
+    epochs) and takes C * H * W * 4 bytes per item (245 MB for 60,000 images of 1 x 32 x 32).
+
+    Attributes:
+        source: the underlying data set (returning uint8 (H, W, C) images, no transform).
+        classes: class names, index = label.
+        targets: (len,) int64 labels of the items.
+    """
+
+    def __init__(
+        self,
+        source: Dataset,
+        transform: ImageTransform,
+        indices: np.ndarray | None = None,
+        seed: int | None = None,
+        cache: bool = False,
+    ) -> None:
+        """
+        Args:
+            source: an `IdxDataset`, `ImageFolderDataset`, `Cifar10Dataset` or `Cifar100Dataset`
+                built without a transform.
+            transform: the per-sample pipeline.
+            indices: the items of `source` to use (a subset), None for all.
+            seed: the run's seed for per-sample reseeding; None for a deterministic (eval) transform.
+            cache: keep each transformed item after its first read (see above).
+
+        Raises:
+            ValueError: `cache` with a training transform that draws random ops (its output
+                must change from epoch to epoch, so it cannot be kept).
+        """
+        if cache and seed is not None and transform.is_random:
+            raise ValueError(
+                "data.cache_samples keeps each transformed training image, but this training pipeline draws "
+                "random ops (augment.scale / ratio other than [1, 1], hflip > 0 or color_ops > 0): turn the "
+                "cache off or the augmentation off"
+            )
+        self.source = source
+        self.transform = transform
+        self.indices = indices
+        self.seed = seed
+        self.epoch = 0
+        self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.classes: list[str] = list(source.classes)
+        targets = np.asarray(source.targets)
+        self.targets = targets if indices is None else targets[indices]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the augmentation seeds are drawn for (the loop calls it every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def source_index(self, index: int) -> int:
+        """The index in `source` of item `index`."""
+        return int(self.indices[index]) if self.indices is not None else int(index)
+
+    def sample_name(self, index: int) -> str:
+        """The image file of item `index` (ImageFolder), else its index in the source data set."""
+        source_index = self.source_index(index)
+        samples = getattr(self.source, "samples", None)
+        return str(samples[source_index][0]) if samples is not None else str(source_index)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        label = int(self.targets[index])
+        if self.cache is not None and index in self.cache:
+            return self.cache[index], label, int(index)
+        image, _label = self.source[self.source_index(index)]
+        if self.seed is not None and self.transform.is_random:
+            self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
+        tensor = self.transform(image)
+        if self.cache is not None:
+            self.cache[index] = tensor
+        return tensor, label, int(index)

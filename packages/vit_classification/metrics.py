@@ -1,4 +1,4 @@
-"""Classification metrics from logits: top-k, per-class accuracy, confusion matrix, and their files.
+"""Classification metrics from logits: top-k, per-class accuracy, confusion matrix, and the predictions CSV.
 
 Ties are broken the way `torch.argmax` breaks them: among equal scores the lower class index
 ranks first. So top-1 always agrees with the argmax prediction, and top-k is well defined
@@ -7,8 +7,7 @@ ranks first. So top-1 always agrees with the argmax prediction, and top-k is wel
 `ClassificationMeter` accumulates per-batch results (as gathered across processes) without
 keeping the (N, K) logits; `classification_metrics` is the same for one tensor of logits.
 
-Files: `save_confusion_matrix_png` (matplotlib's Agg canvas, no pyplot state, no display
-needed) and `write_predictions_csv`.
+File: `write_predictions_csv` (the confusion-matrix picture is `visualize.save_confusion_matrix_png`).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 __all__ = [
@@ -30,7 +28,6 @@ __all__ = [
     "confusion_matrix",
     "format_topk",
     "per_class_accuracy",
-    "save_confusion_matrix_png",
     "topk_accuracy",
     "true_class_rank",
     "write_predictions_csv",
@@ -46,11 +43,6 @@ PREDICTION_FIELDS: tuple[str, ...] = (
     "score",
     "top5",
 )
-
-# Above this many classes the confusion matrix has no tick labels (they would overlap), and
-# above ANNOTATE_MAX_CLASSES no count is written into the cells.
-TICK_LABEL_MAX_CLASSES = 30
-ANNOTATE_MAX_CLASSES = 20
 
 
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -259,62 +251,6 @@ def format_topk(scores: torch.Tensor, class_names: Sequence[str], k: int = 5) ->
     """
     order = torch.sort(scores, descending=True, stable=True).indices[:k]
     return [(class_names[int(index)], float(scores[index])) for index in order]
-
-
-def save_confusion_matrix_png(matrix: torch.Tensor | np.ndarray, class_names: Sequence[str], path: str | os.PathLike
-                              ) -> Path:
-    """Draw the confusion matrix as a PNG, coloured by the row-normalised rate (recall per true class).
-
-    Readable for 10 classes (names on both axes, counts in the cells) and for 1000 (a heat map
-    with no tick labels above `TICK_LABEL_MAX_CLASSES`: the diagonal and the confused blocks
-    show). Colouring by row fraction keeps rare classes visible next to frequent ones.
-
-    Args:
-        matrix: (K, K) counts, rows = true class.
-        class_names: K names.
-        path: the PNG to write (parents are created).
-    """
-    # The Agg canvas directly: no pyplot global figure state, no backend selection, thread-safe.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    counts = np.asarray(matrix.cpu() if isinstance(matrix, torch.Tensor) else matrix, dtype=np.int64)
-    num_classes = counts.shape[0]
-    if counts.shape != (num_classes, num_classes) or len(class_names) != num_classes:
-        raise ValueError(f"matrix {counts.shape} and {len(class_names)} class names do not match")
-    totals = counts.sum(axis=1, keepdims=True)
-    rates = np.divide(counts, np.maximum(totals, 1), dtype=np.float64)
-
-    labelled = num_classes <= TICK_LABEL_MAX_CLASSES
-    side = min(max(6.0, 0.5 * num_classes + 3.0), 20.0) if labelled else 12.0
-    figure = Figure(figsize=(side, side * 0.9), dpi=100 if labelled else 150)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of the true class")
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    accuracy = np.trace(counts) / max(counts.sum(), 1)
-    axes.set_title(f"confusion matrix ({counts.sum()} samples, top-1 {100 * accuracy:.2f}%)")
-    if labelled:
-        ticks = np.arange(num_classes)
-        axes.set_xticks(ticks, labels=list(class_names), rotation=60, ha="right", fontsize=8)
-        axes.set_yticks(ticks, labels=list(class_names), fontsize=8)
-    else:
-        axes.set_xticks([])
-        axes.set_yticks([])
-    if num_classes <= ANNOTATE_MAX_CLASSES:
-        for row in range(num_classes):
-            for column in range(num_classes):
-                if counts[row, column]:
-                    colour = "white" if rates[row, column] > 0.5 else "black"
-                    axes.text(column, row, str(counts[row, column]), ha="center", va="center",
-                              fontsize=7, color=colour)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
 
 
 def _cell(value: Any) -> Any:
