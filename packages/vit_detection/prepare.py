@@ -25,13 +25,11 @@ Run one prepare per output folder at a time.
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import math
 import os
 import shutil
-import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,21 +40,17 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from vit_training.data import DEBIAN_FASHION_MNIST_DIR, FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, read_idx
+
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "find_deepforest_data",
     "prepare_fashion_scenes",
     "prepare_tree_tiles",
-    "read_idx_file",
     "read_voc_boxes",
 ]
 
-# The one place the Debian package `dataset-fashion-mnist` is named: where it installs its four .gz files.
-DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
 DEEPFOREST_PIP = "pip install --no-deps deepforest==2.1.0"
 # Training scenes `prepare_fashion_scenes` writes by default (the README's detection figures were
 # measured on this many; the CLI's help and the budget benchmark read it from here).
@@ -350,49 +344,22 @@ def _build_tree_tiles(
 
 
 # ------------------------------------------------------------------------------------ fashion
-def read_idx_file(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file of unsigned bytes (MNIST / Fashion-MNIST images or labels), gzip or not.
-
-    Only type 0x08 (uint8) is read: that is what these data sets hold. Written here rather than
-    imported from vit_classification, because task packages never import each other.
-
-    Returns:
-        uint8 array of the stored shape: (N, 28, 28) images or (N,) labels.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
-    if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise ValueError(f"{path}: not a uint8 IDX file (header {raw[:4].hex()}, expected 0000 08 <dims>)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    count = int(np.prod(shape))
-    if len(raw) - header != count:
-        raise ValueError(f"{path}: {len(raw) - header} data bytes, expected {count} for shape {shape}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
-
-
 def _fashion_split(root: Path, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
-    prefix = "train" if split == "train" else "t10k"
     arrays = []
-    for kind, ndim in (("images", 3), ("labels", 1)):
-        candidates = [root / f"{prefix}-{kind}-idx{ndim}-ubyte{suffix}" for suffix in (".gz", "")]
+    for name in FASHION_MNIST_FILES[split]:
+        candidates = [root / f"{name}{suffix}" for suffix in (".gz", "")]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise FileNotFoundError(
                 f"{root}: no {candidates[0].name} (Fashion-MNIST IDX files; on Debian/Ubuntu "
                 f"`apt-get install dataset-fashion-mnist` puts them in {DEBIAN_FASHION_MNIST_DIR})"
             )
-        arrays.append(read_idx_file(path))
+        arrays.append(read_idx(path))
     images, labels = arrays
-    if images.ndim != 3 or labels.shape != (len(images),) or labels.max(initial=0) >= len(FASHION_MNIST_CLASSES):
-        raise ValueError(f"{root}: {prefix} images {images.shape} and labels {labels.shape} do not match "
-                         f"Fashion-MNIST (N x 28 x 28, N labels in 0..9)")
+    if (images.dtype != np.uint8 or labels.dtype != np.uint8 or images.ndim != 3 or labels.shape != (len(images),)
+            or labels.max(initial=0) >= len(FASHION_MNIST_CLASSES)):
+        raise ValueError(f"{root}: {split} images {images.shape} {images.dtype} and labels {labels.shape} "
+                         f"{labels.dtype} do not match Fashion-MNIST (N x 28 x 28 uint8, N uint8 labels in 0..9)")
     return images, labels
 
 
