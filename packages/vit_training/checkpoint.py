@@ -38,11 +38,17 @@ class TrainerState:
         epoch: the epoch in progress (0-based).
         batches_done: batches of `epoch` already consumed by each process (0 at an epoch start).
         global_step: optimizer steps taken so far.
+        elapsed_s: seconds the run had trained when the checkpoint was saved (the runs it
+            resumed included): a budgeted run resumed from here counts its budget on from them.
+        plan: a budgeted run's plan (`vit_training.budget.BudgetPlan.to_dict()`), None before
+            it is made or without a budget; a resumed run keeps it instead of planning again.
     """
 
     epoch: int = 0
     batches_done: int = 0
     global_step: int = 0
+    elapsed_s: float = 0.0
+    plan: dict[str, Any] | None = None
 
 
 def checkpoints_dir(output_dir: str | Path) -> Path:

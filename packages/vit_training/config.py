@@ -208,6 +208,28 @@ class TrainConfig:
         nonfinite_loss: ``"stop"`` the run with a message naming the step, or ``"skip"`` the step.
         compile: wrap the model in `torch.compile`.
         log_every_steps: log training metrics every N optimizer steps.
+        max_steps: stop after this many optimizer steps, mid-epoch if need be (`epochs` is then
+            not used); the schedule's warm-up, milestones and horizon are planned for them.
+            None: `epochs` decide the length.
+        time_budget_min: wall minutes the run may take, counted from the start of `fit`
+            (resumed runs count the time of the runs before them). The loop times its own
+            first optimizer steps and an evaluation of a few batches, plans the optimizer steps
+            and evaluations that fill `budget_safety` of the budget (`vit_training.budget`), sets
+            the schedule's horizon to the plan, and stops hard when the budget runs out (then
+            evaluates, saves and exports). `epochs` is not used; `max_steps` caps the plan.
+        budget_safety: share of `time_budget_min` the plan fills with optimizer steps and
+            evaluations; the rest is left for what the probe does not see: checkpoints, the
+            final export, plots, and steps slower than the probe's.
+        budget_probe_steps: timed optimizer steps of the budget probe (after
+            `vit_training.budget.PROBE_WARMUP_STEPS` untimed ones).
+        eval_every_steps: evaluate every N optimizer steps (0: off). Step-based evaluation
+            (this or `num_evals`) replaces the evaluations at epoch ends.
+        num_evals: evaluations spread evenly over the run's optimizer steps (the last one at
+            its end), for runs whose length is in steps (`max_steps`, `time_budget_min`) or in
+            epochs alike. None: `eval_every_steps` / `eval_every_epochs` decide.
+        log_with: trackers Accelerate writes the metrics to besides metrics.jsonl and
+            metrics.csv, e.g. ``[tensorboard]``, ``[wandb]``, ``[mlflow]`` (their files go
+            into `output_dir`); each must be installed.
     """
 
     epochs: int = 1
@@ -227,13 +249,27 @@ class TrainConfig:
     nonfinite_loss: NonFiniteLoss = "stop"
     compile: bool = False
     log_every_steps: int = 50
+    max_steps: int | None = None
+    time_budget_min: float | None = None
+    budget_safety: float = 0.9
+    budget_probe_steps: int = 20
+    eval_every_steps: int = 0
+    num_evals: int | None = None
+    log_with: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("epochs", "batch_size", "grad_accum_steps", "keep_last_checkpoints", "log_every_steps"):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "keep_last_checkpoints", "log_every_steps",
+                     "budget_probe_steps"):
             _check(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
-        for name in ("num_workers", "save_every_steps", "eval_every_epochs"):
+        for name in ("num_workers", "save_every_steps", "eval_every_epochs", "eval_every_steps"):
             _check(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("max_steps", "num_evals"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null)")
+        _check(self.time_budget_min is None or self.time_budget_min > 0,
+               f"time_budget_min={self.time_budget_min} must be > 0 (or null for no budget)")
+        _check(0 < self.budget_safety <= 1, f"budget_safety={self.budget_safety} must lie in (0, 1]")
         _check(
             self.clip_grad_norm is None or self.clip_grad_norm > 0,
             f"clip_grad_norm={self.clip_grad_norm} must be > 0 (or null to turn clipping off)",
@@ -245,13 +281,30 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- mixed precision
-def resolve_mixed_precision(value: str, device_type: str | torch.device) -> Literal["no", "bf16", "fp16"]:
+LAUNCHER_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+
+
+def launcher_mixed_precision() -> str | None:
+    """The precision `accelerate launch --mixed_precision X` (or `accelerate config`) asked for, or None.
+
+    The launcher exports it as ``ACCELERATE_MIXED_PRECISION`` to every process it starts.
+    ``"no"`` counts as not asked: the launcher exports it also when neither its flag nor its
+    config file names a precision, so it cannot tell fp32 on purpose from no choice at all.
+    """
+    value = os.environ.get(LAUNCHER_PRECISION_ENV, "").strip().lower()
+    return value if value and value != "no" else None
+
+
+def resolve_mixed_precision(value: str, device_type: str | torch.device) -> str:
     """Turn a `TrainConfig.mixed_precision` value into what Accelerate takes.
 
-    ``"auto"`` gives bf16 on CUDA devices that support it and on CPUs that compute bf16 in
-    hardware (AVX-512 BF16 / AMX), and fp32 (``"no"``) everywhere else: on a CPU without native
-    bf16 the autocast is emulated and runs 10-20x slower than fp32. fp16 is never chosen
-    automatically, since it needs loss scaling and can overflow; ask for it explicitly.
+    An explicit ``"no"``, ``"bf16"`` or ``"fp16"`` is kept (the config wins over the launcher).
+    ``"auto"`` takes the launcher's choice when there is one (`launcher_mixed_precision`:
+    ``accelerate launch --mixed_precision bf16 ...``), and otherwise gives bf16 on CUDA devices
+    that support it and on CPUs that compute bf16 in hardware (AVX-512 BF16 / AMX), and fp32
+    (``"no"``) everywhere else: on a CPU without native bf16 the autocast is emulated and runs
+    10-20x slower than fp32. fp16 is never chosen by the rule, since it needs loss scaling and
+    can overflow; ask for it explicitly (in the config or from the launcher).
 
     Args:
         value: ``"auto" | "no" | "bf16" | "fp16"``.
@@ -261,6 +314,9 @@ def resolve_mixed_precision(value: str, device_type: str | torch.device) -> Lite
         return value
     if value != "auto":
         raise ValueError(f"mixed_precision={value!r} is not one of auto, no, bf16, fp16")
+    launcher = launcher_mixed_precision()
+    if launcher is not None:
+        return launcher
     device_type = torch.device(device_type).type if isinstance(device_type, torch.device) else device_type
     if device_type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
@@ -385,11 +441,31 @@ def _one_line(error: BaseException) -> str:
     return str(message).splitlines()[0] if str(message) else type(error).__name__
 
 
+def _sections_with_key(node: DictConfig, prefix: str, key: str) -> list[str]:
+    """Dotted paths of `key` in the sections under `node` (any depth), `node` itself excluded."""
+    found = []
+    for name in node.keys():
+        child = node._get_node(name)
+        if _is_structured(child) and not child._is_none():
+            path = f"{prefix}.{name}" if prefix else str(name)
+            if key in child.keys():
+                found.append(f"{path}.{key}")
+            found += _sections_with_key(child, path, key)
+    return found
+
+
 def _unknown_key_error(source: str, full_key: str, node: DictConfig) -> ConfigError:
     parent, _, key = full_key.rpartition(".")
     valid = [str(name) for name in node.keys()]
+    # A key that lives in another section (`model.preset` is now `model.backbone.preset`,
+    # `data.num_classes` is `model.num_classes`) was most likely written for an older layout:
+    # name the place it moved to, one section down first, else the one other section holding it.
+    moved = [path for path in _sections_with_key(node, parent, key) if path.count(".") == full_key.count(".") + 1]
+    if not moved:
+        elsewhere = [path for path in _sections_with_key(node._get_root(), "", key) if path != full_key]
+        moved = elsewhere if len(elsewhere) == 1 else []
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    hint = f"; did you mean '{moved[0]}'?" if moved else f"; did you mean '{close[0]}'?" if close else ""
     level = f"'{parent}'" if parent else "the top level"
     return ConfigError(f"{source}: unknown key '{full_key}'; valid keys at {level}: {', '.join(valid)}{hint}")
 

@@ -1,13 +1,18 @@
 """The one training loop every task runs, on Hugging Face Accelerate.
 
     fit(task, config)
-      Accelerator (device, mixed precision, processes) -> model, data, optimizer
+      Accelerator (device, mixed precision, processes, trackers) -> model, data, optimizer
       -> prepare -> schedule (counted in optimizer steps) -> resume?
-      -> for each epoch:
+      -> for each epoch, until the last epoch, `train.max_steps` or the planned budget:
            for each batch:   accumulate -> loss -> finite? -> backward
-                             on a sync step: clip, optimizer, schedule, EMA, log, save?
-           evaluate (gather_for_metrics), visualise, save
-      -> export weights (safetensors), curves (PNG)
+                             on a sync step: clip, optimizer, schedule, EMA, log,
+                             budget probe -> plan?, evaluate?, save?, stop?
+           evaluate at the epoch end? (gather_for_metrics), visualise, save
+      -> last evaluation, export weights (safetensors), curves (PNG)
+
+A run lasts `train.epochs` epochs, or `train.max_steps` optimizer steps (mid-epoch if need be),
+or as many steps as fit `train.time_budget_min` (`vit_training.budget` plans them from the run's
+own first steps); the schedule is laid over the steps the run will really take.
 
 The same script runs as one process (`python tasks/classify.py train ...`) and as many
 (`accelerate launch tasks/classify.py train ...`). Nothing calls `.cuda()`: devices come from
@@ -19,6 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,26 +37,44 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import send_to_device, set_seed
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from .budget import (
+    PLAN_FILE,
+    PROBE_EVAL_BATCHES,
+    PROBE_WARMUP_STEPS,
+    BudgetPlan,
+    evaluation_steps,
+    plan_budget,
+    run_steps,
+    step_based_evaluation,
+)
 from .checkpoint import (
     TrainerState,
     find_resume_checkpoint,
     load_trainer_state,
     save_checkpoint,
 )
-from .config import TrainConfig, config_to_dict, resolve_mixed_precision, save_config
+from .config import (
+    LAUNCHER_PRECISION_ENV,
+    TrainConfig,
+    config_to_dict,
+    resolve_mixed_precision,
+    save_config,
+)
 from .ema import ModelEma
-from .metrics_log import MetricsLogger
+from .metrics_log import MetricsLogger, check_trackers
 from .optim import build_optimizer
 from .plots import plot_curves
-from .schedule import build_scheduler
+from .schedule import build_scheduler, set_horizon, warmup_steps
 from .task import Task
 
 logger = logging.getLogger("vit_training")
 
 WEIGHTS_FILE = "model.safetensors"
+# The schedule horizon of a budgeted run until its plan is made: far enough that the decay barely starts.
+PROVISIONAL_HORIZON = 10**9
 
 
 class NonFiniteLossError(RuntimeError):
@@ -89,6 +116,9 @@ def build_accelerator(train: TrainConfig) -> Accelerator:
         # run sees exactly the batches an uninterrupted one would.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train.seed),
         step_scheduler_with_optimizer=False,
+        # Trackers write under the run folder; `fit` starts them (`init_trackers`) and feeds them.
+        log_with=list(train.log_with) or None,
+        project_dir=str(train.output_dir),
     )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
@@ -171,17 +201,62 @@ def _evaluate(task: Task, model: nn.Module, loader: DataLoader, accelerator: Acc
         return task.evaluate(model, loader, accelerator, output_dir)
 
 
-def fit(task: Task, config: Any) -> FitResult:
+def _slowest(accelerator: Accelerator, seconds: float) -> float:
+    """The largest of every process's `seconds`, so all processes plan alike."""
+    if accelerator.num_processes == 1:
+        return seconds
+    value = torch.tensor([seconds], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.gather(value).max().item())
+
+
+def _time_evaluation(task: Task, model: nn.Module, eval_set: Dataset, train: TrainConfig, accelerator: Accelerator,
+                     output_dir: Path, clock: Callable[[], float]) -> float:
+    """Seconds one evaluation of the whole `eval_set` should take: `PROBE_EVAL_BATCHES` batches timed, scaled.
+
+    The task evaluates the first items of the set as it evaluates them all (its own `evaluate`,
+    post-processing and metric included) into a scratch folder that is removed afterwards. Fixed
+    costs of an evaluation are scaled with the rest, which errs on the safe side.
+    """
+    batch_size = _eval_batch_size(task, train)
+    items = min(len(eval_set), PROBE_EVAL_BATCHES * batch_size * accelerator.num_processes)
+    loader = accelerator.prepare(DataLoader(Subset(eval_set, range(items)), batch_size=batch_size, shuffle=False,
+                                            num_workers=train.num_workers, collate_fn=task.collate_fn(False)))
+    scratch = output_dir / "budget_probe"
+    start = clock()
+    _evaluate(task, model, loader, accelerator, scratch)
+    seconds = _slowest(accelerator, clock() - start) * len(eval_set) / max(items, 1)
+    if accelerator.is_main_process:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return seconds
+
+
+def _precision_note(train: TrainConfig, chosen: str) -> str | None:
+    """One line when the config's explicit precision overrides a different one asked by the launcher."""
+    launcher = os.environ.get(LAUNCHER_PRECISION_ENV, "").strip().lower()
+    if train.mixed_precision == "auto" or not launcher or launcher == chosen:
+        return None
+    return (f"mixed precision {chosen}: train.mixed_precision={train.mixed_precision} in the config wins over the "
+            f"launcher's {LAUNCHER_PRECISION_ENV}={launcher}")
+
+
+def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_counter) -> FitResult:
     """Train `task` with `config.train`, `config.optim` and `config.schedule`, then export its weights.
+
+    The run's length is `train.epochs` epochs, or `train.max_steps` optimizer steps, or what
+    fits `train.time_budget_min` (planned by `vit_training.budget` after the first steps).
 
     Args:
         task: a `vit_training.task.Task`.
         config: the task's config dataclass (saved beside every checkpoint and given to the trackers).
+        clock: seconds of a monotonic clock, for the time budget and the records' `time_s`
+            (tests pass a fake one).
 
     Returns:
         a `FitResult`. Every process returns the same metrics.
     """
     train: TrainConfig = config.train
+    fit_start = clock()
+    log_with = check_trackers(train.log_with)
     accelerator = build_accelerator(train)
     _configure_logging(accelerator)
     set_seed(train.seed)
@@ -190,6 +265,9 @@ def fit(task: Task, config: Any) -> FitResult:
         save_config(config, output_dir / "config.yaml")
     logger.info("run folder %s: %d process(es) on %s, mixed precision %s", output_dir,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    note = _precision_note(train, accelerator.mixed_precision)
+    if note:
+        logger.info(note)
 
     model = task.build_model()
     train_set, eval_set = task.build_datasets()
@@ -216,7 +294,23 @@ def fit(task: Task, config: Any) -> FitResult:
     # len(train_loader) now counts this process's batches. The scheduler is NOT prepared: a
     # prepared scheduler steps once per process per call; this loop steps it once per optimizer step.
     steps_per_epoch = math.ceil(len(train_loader) / train.grad_accum_steps)
-    scheduler = build_scheduler(optimizer.optimizer, config.schedule, steps_per_epoch * train.epochs, steps_per_epoch)
+    budgeted = train.time_budget_min is not None
+    # A run measured in steps (max_steps, budget) stops at `stop_at`; one measured in epochs at its last epoch end.
+    in_steps = budgeted or train.max_steps is not None
+    warmup = warmup_steps(config.schedule, steps_per_epoch)
+
+    def horizon_for(total: int) -> int:
+        if total <= warmup:
+            logger.warning("the run's %d optimizer steps do not pass the schedule's %d warm-up steps; the lr "
+                           "never decays", total, warmup)
+        return max(total, warmup + 1)
+
+    # A budgeted run learns its length after the probe; until then its schedule runs on a far horizon
+    # (the warm-up does not depend on it, and the decay barely starts).
+    provisional = train.max_steps or PROVISIONAL_HORIZON
+    scheduler = build_scheduler(optimizer.optimizer, config.schedule,
+                                horizon_for(provisional if budgeted else run_steps(train, steps_per_epoch)),
+                                steps_per_epoch)
     accelerator.register_for_checkpointing(scheduler)
     ema = ModelEma(accelerator.unwrap_model(model), train.ema_decay, train.ema_warmup) if train.ema_decay else None
     if ema is not None:
@@ -230,17 +324,77 @@ def fit(task: Task, config: Any) -> FitResult:
         logger.info("resumed from %s: epoch %d, batch %d, step %d", resume_from, state.epoch, state.batches_done,
                     state.global_step)
     last_saved_step = state.global_step if resume_from is not None else -1
+    elapsed_before = state.elapsed_s
 
-    metrics_log = MetricsLogger(output_dir, accelerator.is_main_process, config_to_dict(config, flat=True))
+    def run_clock() -> float:
+        """Seconds of this run so far: this fit's, plus those of the runs it resumed."""
+        return elapsed_before + clock() - fit_start
+
+    plan = BudgetPlan.from_dict(state.plan) if budgeted and state.plan else None
+    stop_at: int | None = None if budgeted else train.max_steps
+    if budgeted and train.max_steps is not None:
+        stop_at = train.max_steps
+    step_evals: set[int] = set()
+    if plan is not None:
+        stop_at = plan.total_steps
+        set_horizon(scheduler, config.schedule, horizon_for(plan.total_steps), steps_per_epoch)
+        step_evals = set(plan.eval_steps)
+        logger.info("resumed %s", plan.describe())
+    elif not budgeted:
+        step_evals = set(evaluation_steps(train, run_steps(train, steps_per_epoch)))
+    budget_s = train.time_budget_min * 60 if budgeted else math.inf
+
+    if log_with and accelerator.is_main_process:
+        accelerator.init_trackers(output_dir.name, config=config_to_dict(config, flat=True))
+    metrics_log = MetricsLogger(output_dir, accelerator.is_main_process,
+                                tracker=accelerator.log if log_with else None, clock=run_clock)
     eval_metrics: dict[str, float] = {}
     skipped_steps = 0
+    last_eval_step = -1
+    probe_times: list[float] = []
+    show_bar = accelerator.is_local_main_process and sys.stderr.isatty()
 
     def save() -> None:
         nonlocal last_saved_step
+        state.elapsed_s = run_clock()
         save_checkpoint(accelerator, output_dir, state, config, train.keep_last_checkpoints)
         last_saved_step = state.global_step
 
-    while state.epoch < train.epochs:
+    def evaluate(epoch: int) -> None:
+        nonlocal eval_metrics, last_eval_step
+        eval_model = ema.module if ema is not None else model
+        eval_metrics = _evaluate(task, eval_model, eval_loader, accelerator, output_dir)
+        metrics_log.log("eval", state.global_step, epoch, eval_metrics)
+        _visualize(task, accelerator.unwrap_model(eval_model), eval_set, accelerator, output_dir)
+        last_eval_step = state.global_step
+
+    def finished() -> bool:
+        if in_steps:
+            return stop_at is not None and state.global_step >= stop_at
+        return state.epoch >= train.epochs
+
+    def make_plan() -> None:
+        """The budget plan, from the probe's timed steps (every process plans the same)."""
+        nonlocal plan, stop_at, step_evals
+        timed = probe_times[PROBE_WARMUP_STEPS - 1:]
+        step_s = _slowest(accelerator, (timed[-1] - timed[0]) / (len(timed) - 1))
+        eval_s = 0.0
+        if eval_set is not None and len(eval_set) > 0:
+            eval_s = _time_evaluation(task, ema.module if ema is not None else model, eval_set, train, accelerator,
+                                      output_dir, clock)
+            model.train()
+        plan = plan_budget(train, step_s=step_s, eval_s=eval_s, done_steps=state.global_step,
+                           elapsed_s=run_clock(), steps_per_epoch=steps_per_epoch)
+        stop_at = plan.total_steps
+        step_evals = set(plan.eval_steps)
+        set_horizon(scheduler, config.schedule, horizon_for(plan.total_steps), steps_per_epoch)
+        state.plan = plan.to_dict()
+        if accelerator.is_main_process:
+            plan.save(output_dir / PLAN_FILE)
+        logger.info(plan.describe())
+
+    stopped_by_clock = False
+    while not finished() and not stopped_by_clock:
         if hasattr(train_set, "set_epoch"):
             train_set.set_epoch(state.epoch)
         data_generator.manual_seed(train.seed + state.epoch)  # worker seeds: a function of the epoch only
@@ -251,8 +405,9 @@ def fit(task: Task, config: Any) -> FitResult:
         model.train()
         window_ok = True
         window_losses: list[float] = []
+        # A redrawn bar only where a person watches a terminal; log files get one plain line per log interval.
         progress = tqdm(total=len(train_loader), initial=state.batches_done, desc=f"epoch {state.epoch}",
-                        disable=not accelerator.is_local_main_process, leave=False)
+                        disable=not show_bar, leave=False)
         for batch in batches:
             with accelerator.accumulate(model):
                 loss, extras = task.loss(model, batch)
@@ -287,30 +442,48 @@ def fit(task: Task, config: Any) -> FitResult:
                     window_ok = True
             state.batches_done += 1
             progress.update()
-            if accelerator.sync_gradients and stepped:
-                if state.global_step % train.log_every_steps == 0:
-                    logged = {"loss": sum(window_losses) / max(len(window_losses), 1),
-                              "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in extras.items()}}
-                    if grad_norm is not None:
-                        logged["grad_norm"] = float(grad_norm)
-                    progress.set_postfix(loss=f"{logged['loss']:.4f}")
-                    metrics_log.log("train", state.global_step, state.epoch, logged, echo=progress.disable)
-                window_losses = []
-                if train.save_every_steps and state.global_step % train.save_every_steps == 0:
-                    save()
+            if not (accelerator.sync_gradients and stepped):
+                continue
+            if state.global_step % train.log_every_steps == 0:
+                logged = {"loss": sum(window_losses) / max(len(window_losses), 1),
+                          "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in extras.items()}}
+                if grad_norm is not None:
+                    logged["grad_norm"] = float(grad_norm)
+                progress.set_postfix(loss=f"{logged['loss']:.4f}")
+                metrics_log.log("train", state.global_step, state.epoch, logged, echo=not show_bar,
+                                note=f"/{stop_at}" if stop_at is not None else "")
+            window_losses = []
+            if budgeted and plan is None:
+                probe_times.append(clock())
+                if len(probe_times) == PROBE_WARMUP_STEPS + train.budget_probe_steps:
+                    make_plan()
+            if eval_loader is not None and state.global_step in step_evals and not finished():
+                evaluate(state.epoch)
+                model.train()
+            if train.save_every_steps and state.global_step % train.save_every_steps == 0:
+                save()
+            if finished():
+                break
+            if run_clock() >= budget_s:
+                stopped_by_clock = True
+                logger.info("time budget of %g min reached at optimizer step %d%s", train.time_budget_min,
+                            state.global_step, f" (planned {stop_at})" if stop_at is not None else "")
+                break
         progress.close()
+        if state.batches_done < len(train_loader):
+            break  # stopped mid-epoch: the run is over
         state.epoch += 1
         state.batches_done = 0
-        last_epoch = state.epoch == train.epochs
-        if eval_loader is not None and (last_epoch or (train.eval_every_epochs and
-                                                       state.epoch % train.eval_every_epochs == 0)):
-            eval_model = ema.module if ema is not None else model
-            eval_metrics = _evaluate(task, eval_model, eval_loader, accelerator, output_dir)
-            metrics_log.log("eval", state.global_step, state.epoch - 1, eval_metrics)
-            _visualize(task, accelerator.unwrap_model(eval_model), eval_set, accelerator, output_dir)
+        if (eval_loader is not None and not step_based_evaluation(train) and train.eval_every_epochs
+                and state.epoch % train.eval_every_epochs == 0 and not finished()):
+            evaluate(state.epoch - 1)
         if last_saved_step != state.global_step:
             save()
 
+    if eval_loader is not None and last_eval_step != state.global_step:
+        evaluate(state.epoch - 1 if state.batches_done == 0 and state.epoch > 0 else state.epoch)
+    if last_saved_step != state.global_step:
+        save()
     accelerator.wait_for_everyone()
     weights_path = output_dir / WEIGHTS_FILE
     final_model = ema.module if ema is not None else accelerator.unwrap_model(model)
@@ -319,21 +492,51 @@ def fit(task: Task, config: Any) -> FitResult:
         plot_curves(metrics_log.records(), output_dir / "curves.png")
         logger.info("weights: %s%s", weights_path, " (EMA)" if ema is not None else "")
     metrics_log.close()
+    if log_with:
+        accelerator.end_training()
     accelerator.wait_for_everyone()
     return FitResult(metrics=eval_metrics, output_dir=output_dir, weights_path=weights_path, model=final_model)
 
 
-def evaluate_weights(task: Task, config: Any, weights: str | Path) -> dict[str, float]:
-    """Evaluate exported weights on the task's evaluation set, in one or many processes alike."""
+def evaluate_weights(task: Task, config: Any, weights: str | Path, output_dir: str | Path | None = None, *,
+                     model: nn.Module | None = None, eval_set: Dataset | None = None,
+                     **evaluate_options: Any) -> dict[str, float]:
+    """Evaluate exported weights on the task's evaluation set, in one or many processes alike.
+
+    The model is evaluated as `fit` evaluates it: in eval mode, without gradients, under the
+    accelerator's autocast (the precision `config.train.mixed_precision` resolves to), with the
+    evaluation loader sharded over the processes (every sample counted once).
+
+    Args:
+        task: the task (its `evaluate` computes the metrics and writes its files).
+        config: the task's config (`config.train` chooses device, precision, batch size, workers).
+        weights: a `model.safetensors` written by `fit`, or the run folder holding it; loaded strictly.
+        output_dir: where the task's evaluation files go; default `config.train.output_dir`.
+        model: the network to load the weights into; default `task.build_model()`.
+        eval_set: the evaluation set; default `task.build_eval_dataset()`.
+        **evaluate_options: extra keyword arguments of `task.evaluate` (e.g. a predictions file).
+
+    Raises:
+        FileNotFoundError: no weights file, or the config names no evaluation set.
+        ValueError: the weights do not fit the model.
+    """
     accelerator = build_accelerator(config.train)
     _configure_logging(accelerator)
-    model = load_weights_for_inference(task.build_model(), weights)
-    _, eval_set = task.build_datasets()
+    model = load_weights_for_inference(model if model is not None else task.build_model(), weights)
     if eval_set is None:
-        raise ValueError("the config names no evaluation set")
+        # A duck-typed task (not a `Task` subclass) may only have build_datasets.
+        build_eval = getattr(task, "build_eval_dataset", None)
+        eval_set = build_eval() if build_eval is not None else task.build_datasets()[1]
+    if eval_set is None:
+        raise FileNotFoundError("the config names no evaluation set")
     loader = DataLoader(eval_set, batch_size=_eval_batch_size(task, config.train), shuffle=False,
                         num_workers=config.train.num_workers, collate_fn=task.collate_fn(False))
     model, loader = accelerator.prepare(model, loader)
-    metrics = _evaluate(task, model, loader, accelerator, Path(config.train.output_dir))
+    output_dir = Path(output_dir if output_dir is not None else config.train.output_dir)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    with torch.no_grad(), accelerator.autocast():
+        metrics = task.evaluate(model, loader, accelerator, output_dir, **evaluate_options)
     accelerator.wait_for_everyone()  # the ranks leave together, as `fit`'s do
     return metrics

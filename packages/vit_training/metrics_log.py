@@ -1,10 +1,8 @@
-"""Metrics to the console, a JSONL file, a CSV file and TensorBoard (when installed).
+"""The run's metrics: always `metrics.jsonl` and `metrics.csv` in the run folder, and the trackers of `train.log_with`.
 
-Only the main process writes. Every record is one JSON line
-``{"split": "train" | "eval", "step": global_step, "epoch": e, "time_s": seconds since this
-logger started, <name>: value, ...}``;
-`metrics.csv` holds the same records in long format (split, step, epoch, name, value) so
-columns never change mid-file.
+The two local files are the record every tool of this project reads (plots, benchmarks); the
+trackers (TensorBoard, Weights & Biases, MLflow, ...) are Accelerate's own, started by the loop
+with `Accelerator(log_with=..., project_dir=output_dir)` and fed here through `Accelerator.log`.
 """
 
 from __future__ import annotations
@@ -13,28 +11,61 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .config import ConfigError
+
 logger = logging.getLogger("vit_training")
+
+__all__ = ["MetricsLogger", "check_trackers"]
+
+
+def check_trackers(names: Sequence[str]) -> list[str]:
+    """The tracker names of `train.log_with`, checked: each known to Accelerate and installed.
+
+    Raises:
+        ConfigError: one line naming the tracker and what would be valid (or what to install).
+    """
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = sorted(str(kind) for kind in LoggerType if str(kind) != "all")
+    available = {str(kind) for kind in get_available_trackers()}
+    for name in names:
+        if name not in known:
+            raise ConfigError(f"train.log_with: unknown tracker {name!r}; expected some of {', '.join(known)}")
+        if name not in available:
+            raise ConfigError(f"train.log_with: tracker {name!r} is not installed (pip install {name})")
+    return list(names)
 
 
 class MetricsLogger:
     """Append metrics records; a no-op on processes other than the main one.
 
     Args:
-        output_dir: run folder; `metrics.jsonl`, `metrics.csv` and `tensorboard/` go there.
+        output_dir: run folder; `metrics.jsonl` and `metrics.csv` go there.
         enabled: True on the main process only.
-        hparams: the flat resolved config, given to TensorBoard as text.
+        tracker: called as ``tracker(values, step)`` with ``{"<split>/<name>": value}`` for every
+            record (the loop passes `Accelerator.log`); None for the local files only.
+        clock: seconds since the run started, each record's `time_s` (the loop counts from the
+            start of `fit`, plus the time of the runs a resumed run continues); None: seconds
+            since this logger was created.
     """
 
-    def __init__(self, output_dir: str | Path, enabled: bool, hparams: dict[str, Any] | None = None) -> None:
+    def __init__(self, output_dir: str | Path, enabled: bool,
+                 tracker: Callable[[dict[str, float], int], None] | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.enabled = enabled
         self.output_dir = Path(output_dir)
         self.jsonl_path = self.output_dir / "metrics.jsonl"
         self.csv_path = self.output_dir / "metrics.csv"
-        self._tensorboard = None
-        self._start = time.perf_counter()
+        self._tracker = tracker
+        if clock is None:
+            start = time.perf_counter()
+            clock = lambda: time.perf_counter() - start  # noqa: E731
+        self._clock = clock
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -43,32 +74,25 @@ class MetricsLogger:
         self._csv = csv.writer(self._csv_file)
         if new_csv:
             self._csv.writerow(["split", "step", "epoch", "name", "value"])
-        try:  # optional: `pip install vitasks[tensorboard]`
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            SummaryWriter = None  # noqa: N806
-        if SummaryWriter is not None:
-            self._tensorboard = SummaryWriter(str(self.output_dir / "tensorboard"))
-            if hparams:
-                text = "\n".join(f"    {key}: {value}" for key, value in sorted(hparams.items()))
-                self._tensorboard.add_text("config", text)
 
-    def log(self, split: str, step: int, epoch: int, metrics: dict[str, float], echo: bool = True) -> None:
+    def log(self, split: str, step: int, epoch: int, metrics: dict[str, float], echo: bool = True,
+            note: str = "") -> None:
+        """Record `metrics` of `split` ("train", "eval") at optimizer step `step`; `echo` also logs one line."""
         if not self.enabled:
             return
-        elapsed = round(time.perf_counter() - self._start, 3)
-        record = {"split": split, "step": step, "epoch": epoch, "time_s": elapsed,
-                  **{k: float(v) for k, v in metrics.items()}}
+        elapsed = round(self._clock(), 3)
+        values = {name: float(value) for name, value in metrics.items()}
+        record = {"split": split, "step": step, "epoch": epoch, "time_s": elapsed, **values}
         with open(self.jsonl_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        for name, value in metrics.items():
-            self._csv.writerow([split, step, epoch, name, f"{float(value):.6g}"])
-            if self._tensorboard is not None:
-                self._tensorboard.add_scalar(f"{split}/{name}", float(value), step)
+        for name, value in values.items():
+            self._csv.writerow([split, step, epoch, name, f"{value:.6g}"])
         self._csv_file.flush()
+        if self._tracker is not None:
+            self._tracker({f"{split}/{name}": value for name, value in values.items()}, step)
         if echo:
-            shown = "  ".join(f"{name} {float(value):.4g}" for name, value in metrics.items())
-            logger.info("%s epoch %d step %d  %s", split, epoch, step, shown)
+            shown = "  ".join(f"{name} {value:.4g}" for name, value in values.items())
+            logger.info("%s epoch %d step %d%s  %s", split, epoch, step, note, shown)
 
     def records(self) -> list[dict[str, Any]]:
         if not self.jsonl_path.exists():
@@ -79,5 +103,3 @@ class MetricsLogger:
         if not self.enabled:
             return
         self._csv_file.close()
-        if self._tensorboard is not None:
-            self._tensorboard.close()

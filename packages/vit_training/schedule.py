@@ -107,3 +107,20 @@ def build_scheduler(
         steps_per_epoch: optimizer steps per epoch, to convert `warmup_epochs` and `milestone_epochs`.
     """
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor_fn(cfg, total_steps, steps_per_epoch))
+
+
+def set_horizon(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: ScheduleConfig, total_steps: int,
+                steps_per_epoch: int) -> None:
+    """Make `scheduler` follow `cfg` over `total_steps` optimizer steps from its current step on.
+
+    A budgeted run knows its length only after its first steps (`vit_training.budget`); it
+    starts on a provisional horizon and is re-planned here. The warm-up does not depend on the
+    horizon, so a plan made during the warm-up changes no lr already used. The current lr is
+    recomputed at once, for the next optimizer step.
+    """
+    factor = lr_factor_fn(cfg, total_steps, steps_per_epoch)
+    scheduler.lr_lambdas = [factor] * len(scheduler.optimizer.param_groups)
+    lrs = [base * factor(scheduler.last_epoch) for base in scheduler.base_lrs]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
