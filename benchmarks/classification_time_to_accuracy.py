@@ -31,7 +31,7 @@ two runs are compared side by side, and it trains about 1.45x slower.
 Usage:
     python benchmarks/classification_time_to_accuracy.py                      # both, 15 min each
     python benchmarks/classification_time_to_accuracy.py --only ours          # ours only
-    python benchmarks/classification_time_to_accuracy.py --epochs 2 --only ours model.depth=2
+    python benchmarks/classification_time_to_accuracy.py --epochs 2 --only ours model.backbone.depth=2
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class TimmBackboneTask(ClassificationTask):
     """The same task with timm's VisionTransformer in our model's place (same architecture, same initial weights)."""
 
     def build_model(self) -> torch.nn.Module:
-        model = self.config.model
+        model = self.config.model.backbone
         return timm_peer(super().build_model(), model.drop_path_rate, model.drop_rate)
 
 
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.90, help="test top-1 target (default 0.90)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--probe-steps", type=int, default=30, help="timed optimizer steps of the probe (default 30)")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. model.depth=4")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. model.backbone.depth=4")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.threads < 1 or args.probe_steps < 1 or (args.epochs is not None and args.epochs < 1):
         parser.error("--minutes must be > 0; --threads, --probe-steps and --epochs >= 1")

@@ -219,7 +219,7 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} thread(s)"
     model = config.model
     precision = resolve_mixed_precision(config.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
-    print(f"\ndetection throughput: {args.config.name} ({model.preset}, {model.neck} neck, "
+    print(f"\ndetection throughput: {args.config.name} ({model.backbone.preset}, {model.neck} neck, "
           f"{model.enc_layers}+{model.dec_layers} layers, {model.num_queries} queries, {model.query_type} queries, "
           f"dn_groups {model.dn_groups}), train sizes {config.data.train_sizes[0]}..{config.data.train_sizes[-1]} "
           f"max {config.data.max_size}")

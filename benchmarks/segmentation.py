@@ -71,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 epochs, one evaluation, no probe")
     parser.add_argument("--output", type=Path, default=None, help="run folder (default: a temporary one)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                        help="config overrides applied to the recipe, e.g. model.depth=4")
+                        help="config overrides applied to the recipe, e.g. model.backbone.depth=4")
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.eval_every < 0 or args.threads < 1 or args.probe_steps < 1:
         parser.error("--minutes must be > 0, --eval-every >= 0, --threads and --probe-steps >= 1")
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(SegmentationConfig, CONFIG, [f"train.epochs={epochs}", *base])
     task = SegmentationTask(config)
     print(f"training {epochs} epochs, evaluation {'every ' + str(every) + ' epochs' if every else 'at the end'}, "
-          f"input {list(config.data.input_size)}, depth {config.model.depth}, batch {config.train.batch_size}, "
+          f"input {list(config.data.input_size)}, depth {config.model.backbone.depth}, batch {config.train.batch_size}, "
           f"lr {config.optim.lr:g}; run folder {output}", flush=True)
     start = time.perf_counter()
     fit(task, task.config)

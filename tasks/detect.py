@@ -195,7 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from vit_detection.task import DetectionTask, build_detector
+    from vit_detection.model import build_detector
+    from vit_detection.task import DetectionTask
     from vit_training.loop import build_accelerator, load_weights_for_inference
 
     task = DetectionTask(_load_config(args, args.overrides))
@@ -225,7 +226,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
 
-    from vit_detection.task import build_detector, predict_images, resolve_config, write_predictions_json
+    from vit_detection.model import build_detector
+    from vit_detection.task import predict_images, resolve_config, write_predictions_json
     from vit_training.loop import load_weights_for_inference
 
     config = resolve_config(_load_config(args, args.overrides))

@@ -41,7 +41,7 @@ examples:
   python tasks/segment.py evaluate --weights runs/mri_lobes_cpu
   python tasks/segment.py predict --weights runs/mri_lobes_cpu scan.nii.gz slice.png --output predictions/
   accelerate launch tasks/segment.py train --config configs/segmentation/synapse_r50_vit_b16.yaml \\
-      data.root=/data/Synapse model.pretrained=weights/R50+ViT-B_16.npz
+      data.root=/data/Synapse model.backbone.pretrained=weights/R50+ViT-B_16.npz
 
 overrides are key.sub=value pairs applied after the file (YAML values: 3, 1e-4, null, [224,96]),
 e.g. optim.lr=5e-4 train.batch_size=8 data.input_size=[224,96] eval.metric_mode=standard.
@@ -201,7 +201,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     task = SegmentationTask(_load_config(args, args.overrides))
     output_dir = args.output if args.output is not None else weights.parent / "eval"
     accelerator = build_accelerator(task.config.train)
-    model = load_weights_for_inference(build_transunet(task.config.model, task.num_classes, load_weights=False),
+    model = load_weights_for_inference(build_transunet(task.config.model, load_weights=False),
                                        weights)
     eval_set = task.build_eval_dataset()
     if eval_set is None:
@@ -272,7 +272,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     config = resolve_config(_load_config(args, args.overrides))
     kinds = [_input_kind(path) for path in args.inputs]  # fail before loading anything
     weights = weights_file(args.weights)
-    model = load_weights_for_inference(build_transunet(config.model, config.data.num_classes, load_weights=False),
+    model = load_weights_for_inference(build_transunet(config.model, load_weights=False),
                                        weights)
     device = torch.device("cpu") if args.cpu else PartialState().device
     model = model.to(device).eval()

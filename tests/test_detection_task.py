@@ -60,8 +60,9 @@ def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(root: Path, output_dir: Path, *extra: str) -> DetectionConfig:
     overrides = [
         f"data.root={root}", f"train.output_dir={output_dir}",
-        "model.preset=vit_micro_patch4_28", "model.patch_size=8", "model.img_size=48", "model.depth=2",
-        "model.hidden_dim=32", "model.nheads=2", "model.dim_feedforward=64", "model.num_queries=6",
+        "model.backbone.preset=vit_micro_patch4_28", "model.backbone.patch_size=8", "model.backbone.img_size=48",
+        "model.backbone.depth=2",
+        "model.hidden_dim=32", "model.num_heads=2", "model.dim_feedforward=64", "model.num_queries=6",
         "model.enc_layers=1", "model.dec_layers=2", "model.dropout=0.0",
         "data.train_sizes=[48]", "data.eval_size=48", "data.max_size=64", "data.crop_prob=0.0",
         "eval.max_dets=100", "eval.overlay_images=2",
@@ -107,7 +108,7 @@ def test_config_errors_name_the_field(coco_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="two_stage=true needs query_type='anchor'"):
         tiny_config(coco_root, tmp_path, "model.query_type=learned", "model.dn_groups=0", "model.two_stage=true")
     with pytest.raises(ConfigError, match=r"patch_size=8 must equal the conv_stem's stride 4 \(2\*\*2\)"):
-        tiny_config(coco_root, tmp_path, "model.conv_stem=[16,32]", "model.patch_size=8")
+        tiny_config(coco_root, tmp_path, "model.backbone.conv_stem=[16,32]", "model.backbone.patch_size=8")
     with pytest.raises(ConfigError, match=r"model.class_score.*'focal'.*softmax.*sigmoid"):
         tiny_config(coco_root, tmp_path, "model.class_score=focal")
     with pytest.raises(ConfigError, match=r"focal_alpha=1.5 must lie in \(0, 1\)"):
@@ -119,14 +120,14 @@ def test_config_errors_name_the_field(coco_root: Path, tmp_path: Path) -> None:
 
 
 def test_backbone_architecture_overrides_reach_the_built_model(coco_root: Path, tmp_path: Path) -> None:
-    config = resolve_config(tiny_config(coco_root, tmp_path, "model.embed_dim=48", "model.num_heads=3",
-                                        "model.mlp_ratio=2.0"))
+    config = resolve_config(tiny_config(coco_root, tmp_path, "model.backbone.embed_dim=48",
+                                        "model.backbone.num_heads=3", "model.backbone.mlp_ratio=2.0"))
     backbone = DetectionTask(config).build_model().backbone
     assert backbone.embed_dim == 48 and len(backbone.blocks) == 2
     assert backbone.blocks[0].attn.num_heads == 3
     assert backbone.blocks[0].mlp.fc1.out_features == 96  # 2.0 x 48
     with pytest.raises(ConfigError, match="mlp_ratio=0.0 must be > 0"):
-        tiny_config(coco_root, tmp_path, "model.mlp_ratio=0.0")
+        tiny_config(coco_root, tmp_path, "model.backbone.mlp_ratio=0.0")
 
 
 def test_train_lowers_the_loss_and_evaluation_equals_pycocotools(coco_root: Path, tmp_path: Path) -> None:
@@ -191,8 +192,9 @@ def test_cli_evaluate_and_predict(coco_root: Path, tmp_path: Path) -> None:
 
 
 def _cli_overrides(root: Path, run: Path) -> list[str]:
-    return [f"data.root={root}", f"train.output_dir={run}", "model.preset=vit_micro_patch4_28",
-                 "model.patch_size=8", "model.img_size=48", "model.depth=1", "model.hidden_dim=32", "model.nheads=2",
+    return [f"data.root={root}", f"train.output_dir={run}", "model.backbone.preset=vit_micro_patch4_28",
+                 "model.backbone.patch_size=8", "model.backbone.img_size=48", "model.backbone.depth=1",
+                 "model.hidden_dim=32", "model.num_heads=2",
                  "model.dim_feedforward=64", "model.num_queries=6", "model.enc_layers=1", "model.dec_layers=1",
                  "data.train_sizes=[48]", "data.eval_size=48", "data.max_size=64", "eval.max_dets=20",
             "schedule.warmup_steps=0", "train.batch_size=4", "train.epochs=1", "train.mixed_precision=no"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from test_weights import randomize_, to_jax_npz
 
-from vit_backbone import create_vit
+from vit_backbone import BackboneConfig, create_vit
 from vit_segmentation.config import ModelConfig
 from vit_segmentation.losses import CeDiceLoss, DiceLoss
 from vit_segmentation.model import TransUNet, build_transunet
@@ -127,9 +127,10 @@ def test_one_channel_backbone_and_channel_errors() -> None:
 
 
 def test_build_from_config_with_a_small_hybrid() -> None:
-    config = ModelConfig(preset="vit_base_r50_s16", embed_dim=32, depth=1, num_heads=2, hybrid_layers=[1, 1],
-                         img_size=(32, 48), n_skip=2, decoder_channels=[16, 8, 4], head_channels=16, in_chans=1)
-    model = build_transunet(config, num_classes=5)
+    backbone = BackboneConfig(preset="vit_base_r50_s16", embed_dim=32, depth=1, num_heads=2, hybrid_layers=[1, 1],
+                              img_size=[32, 48], in_chans=1)
+    config = ModelConfig(backbone, num_classes=5, n_skip=2, decoder_channels=[16, 8, 4], head_channels=16)
+    model = build_transunet(config)
     assert model.backbone.patch_size == 8 and model.in_chans == 1
     assert model.skip_names == ["stages.0", "stem", None]
     assert model.backbone.grid_size == (4, 6)
@@ -142,16 +143,16 @@ def test_jax_r50_vit_npz_loads_into_the_backbone(tmp_path: Path) -> None:
     torch.manual_seed(3)
     reference = randomize_(timm.create_model("vit_base_r50_s16_224", depth=2, num_classes=21843), seed=3)
     path = to_jax_npz(reference.state_dict(), num_heads=12, path=tmp_path / "R50+ViT-B_16.npz")
-    config = ModelConfig(preset="vit_base_r50_s16", depth=2, img_size=(224, 224), pretrained=str(path))
-    model = build_transunet(config, num_classes=9).eval()
+    config = ModelConfig(BackboneConfig(preset="vit_base_r50_s16", depth=2, img_size=[224, 224], pretrained=str(path)))
+    model = build_transunet(config).eval()
     images = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         expected = reference.forward_features(images)[:, 1:]  # timm keeps the class token first
         stages = model.forward_stages(images)
     torch.testing.assert_close(stages["tokens"], expected, atol=1e-5, rtol=1e-5)
     assert stages["logits"].shape == (1, 9, 224, 224)
-    with pytest.raises(FileNotFoundError, match="model.pretrained='missing.npz': no such file"):
-        build_transunet(ModelConfig(pretrained="missing.npz"), num_classes=9)
+    with pytest.raises(FileNotFoundError, match="model.backbone.pretrained='missing.npz': no such file"):
+        build_transunet(ModelConfig(BackboneConfig(preset="vit_base_r50_s16", pretrained="missing.npz")))
 
 
 # ---------------------------------------------------------------------------------------- losses

@@ -81,9 +81,9 @@ def write_synapse(root: Path, train_slices: int = 16, test_cases: int = 3) -> Pa
 
 
 TINY = [
-    "model.preset=vit_base_r50_s16", "model.hybrid_layers=[1,1]", "model.embed_dim=32", "model.depth=1",
-    "model.num_heads=2", "model.n_skip=2", "model.decoder_channels=[16,8,8]", "model.head_channels=16",
-    "data.num_classes=3", "data.input_size=[32,32]", "data.interpolation=bilinear",
+    "model.backbone.preset=vit_base_r50_s16", "model.backbone.hybrid_layers=[1,1]", "model.backbone.embed_dim=32",
+    "model.backbone.depth=1", "model.backbone.num_heads=2", "model.n_skip=2", "model.decoder_channels=[16,8,8]",
+    "model.head_channels=16", "model.num_classes=3", "data.input_size=[32,32]", "data.interpolation=bilinear",
     "augment.rot_flip_prob=0.5", "augment.rotate_prob=0.0",
     "optim.lr=3e-3", "optim.weight_decay=0.0", "schedule.name=constant",
     "train.batch_size=4", "train.mixed_precision=no", "train.log_every_steps=1", "train.eval_every_epochs=0",
@@ -138,7 +138,7 @@ def run_cli(*args: str, launcher: list[str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_config_files_load(path: Path) -> None:
     config = load_config(SegmentationConfig, path)
-    assert config.data.num_classes >= 2 and config.train.output_dir.startswith("runs/")
+    assert config.model.num_classes >= 2 and config.train.output_dir.startswith("runs/")
 
 
 def test_the_config_files_exist() -> None:
@@ -150,8 +150,8 @@ def test_the_config_files_exist() -> None:
     [
         ("model.n_skip=3", r"model.n_skip=3 must lie in \[0, 2\]"),
         ("data.input_size=[30,32]", r"data.input_size=\[30, 32\] is not divisible by the model's patch size 8"),
-        ("data.class_names=[a,b,c]", "data.class_names has 3 names but num_classes=3 needs 2"),
-        ("model.preset=vit_nope", "model.preset='vit_nope' is not a vit_backbone preset"),
+        ("data.class_names=[a,b,c]", "data.class_names has 3 names but model.num_classes=3 needs 2"),
+        ("model.backbone.preset=vit_nope", "model.backbone.preset='vit_nope' is not a vit_backbone preset"),
         ("eval.metric_mode=monai", "eval.metric_mode: 'monai' is not one of transunet, standard"),
         ("data.eval_cases=[x]", "eval_cases only apply to format='nifti'"),
         ("loss.ce_weight=0", None),
@@ -172,7 +172,7 @@ def test_class_names_come_from_classes_txt_or_default(synapse: Path, tmp_path: P
     assert SegmentationTask(tiny_config(synapse, tmp_path)).class_names == CLASS_NAMES
     assert SegmentationTask(tiny_config(tmp_path, tmp_path)).class_names == ["class_1", "class_2"]
     resolved = SegmentationTask(tiny_config(synapse, tmp_path)).config
-    assert resolved.model.img_size == (32, 32)
+    assert resolved.model.backbone.img_size == [32, 32]
 
 
 # ---------------------------------------------------------------------------------------- training

@@ -6,6 +6,7 @@ feature API (`forward_features`, `forward_intermediates`, `feature_specs`) every
 
 from .attention import Attention, resolve_attention_kernel, sdpa_without_cudnn
 from .block import Block
+from .config import BackboneConfig, build_backbone, build_backbone_with_report, checkpoint_head_shape
 from .conv_stem import ConvStemEmbed
 from .features import FeatureSpec, ViTFeatures
 from .hybrid import HybridEmbed
@@ -17,6 +18,7 @@ from .weights import LoadReport, convert_state_dict, detect_layout, load_pretrai
 
 __all__ = [
     "Attention",
+    "BackboneConfig",
     "Block",
     "ConvStemEmbed",
     "FeatureSpec",
@@ -27,6 +29,9 @@ __all__ = [
     "RESAMPLERS",
     "ViTFeatures",
     "VisionTransformer",
+    "build_backbone",
+    "build_backbone_with_report",
+    "checkpoint_head_shape",
     "convert_state_dict",
     "create_vit",
     "detect_layout",

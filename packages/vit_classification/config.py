@@ -3,12 +3,12 @@
     config = load_config(ClassificationConfig, "configs/classification/fashion_mnist_cpu.yaml",
                          ["train.epochs=3", "data.num_train_samples=2000"])
 
-Sections: `model` (which ViT, head, regularisation, pretrained weights), `data` (format, where,
+Sections: `model` (`model.backbone`: which ViT, regularisation, pretrained weights; the head), `data` (format, where,
 input size, channels, normalisation), `augment` (per-sample crop/flip/colour, per-batch
 mixup/cutmix, label smoothing) and the generic `optim`, `schedule` and `train` of `vit_training`.
 
 Fields left None are filled from elsewhere by `ClassificationTask` (e.g. `model.num_classes` from
-the data's class list, `data.mean` from the data format), so a YAML file states only what it means.
+the data's class list, `model.backbone.in_chans` from `data.channels`, `data.mean` from the data format), so a YAML file states only what it means.
 Range checks live in `__post_init__`; their messages start with the field name, so a load error
 reads ``configs/x.yaml: augment.hflip=1.5 must lie in [0, 1]``.
 """
@@ -18,15 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vit_backbone import preset_names
-from vit_backbone.conv_stem import conv_stem_error
+from vit_backbone import BackboneConfig
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
 DataFormat = Literal["fashion_mnist", "mnist", "imagefolder", "cifar10", "cifar100"]
-GlobalPool = Literal["token", "avg"]
-AttnKernel = Literal["auto", "sdpa", "manual"]
-WeightInit = Literal["timm", "jax", "jax_nlhb"]
-PretrainedLayout = Literal["auto", "timm", "torchvision", "hf", "jax"]
 Channels = Literal[1, 3]
 Interpolation = Literal["bilinear", "bicubic"]
 MixupMode = Literal["batch", "pair", "elem"]
@@ -38,93 +33,27 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _check_rate(config: object, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        _check(0 <= value < 1, f"{name}={value} must lie in [0, 1)")
-
-
 @dataclass
 class ModelConfig:
-    """Which ViT to build and how to initialise it (`vit_classification.model.build_classifier`).
-
-    Architecture fields left None take the preset's value, except `num_classes`, `in_chans` and
-    `img_size`, which `ClassificationTask` takes from the data (class count, `data.channels`,
-    `data.input_size`) so they cannot disagree with it.
+    """The classifier (`vit_classification.model.build_classifier`): a ViT backbone and its linear head.
 
     Args:
-        preset: a `vit_backbone` preset name (`vit_backbone.preset_names()`), e.g.
-            ``vit_micro_patch4_28`` or ``vit_base_patch16``.
-        num_classes: classes of the linear head.
-        in_chans: image channels the patch embedding takes (1 or 3).
-        img_size: side the learned position embedding is stored for (other sizes are resampled).
-        patch_size, embed_dim, depth, num_heads, mlp_ratio: override the preset's architecture.
-            With `conv_stem`, None takes the stem's stride as the patch size.
-        conv_stem: output channels of stride-2 3x3 convolutions (BatchNorm + ReLU) that replace the
-            patchify convolution, then a 1x1 projection to the width (Xiao et al. 2021, "Early
-            convolutions help transformers see better"; `vit_backbone.ConvStemEmbed`), e.g.
-            [24, 48, 96]: stride 8, so a 32 x 32 input gives 4 x 4 tokens. None: plain patches.
-        global_pool: ``"token"`` (class token, ViT/DeiT/augreg) or ``"avg"`` (mean of patch tokens, MAE).
-        fc_norm: LayerNorm after pooling instead of before it (timm's layout for avg pooling; MAE's
-            fine-tuning). Changes the parameter names (`norm` -> `fc_norm`).
-        init_values: LayerScale initial gain (DeiT-3, CaiT); None disables LayerScale.
-        drop_rate: dropout before the head.
-        attn_drop_rate: dropout on attention weights.
-        drop_path_rate: stochastic depth of the last block (earlier blocks get linearly less).
-        attn_kernel: ``"auto" | "sdpa" | "manual"`` attention implementation.
-        weight_init: initialisation of a model trained from scratch (``"timm"``, ``"jax"``,
-            ``"jax_nlhb"``); with `pretrained` everything but a reset head is overwritten.
-        grad_checkpointing: recompute block activations in the backward pass (less memory).
-        pretrained: a local checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt, JAX .npz) of a
-            timm, torchvision, Hugging Face or JAX ViT; None trains from scratch.
-        pretrained_layout: the checkpoint's layout, or ``"auto"`` to detect it.
-        pretrained_reset_head: None resets the head exactly when the checkpoint's head does not
-            fit `num_classes` (or it has none); True / False force it.
-        pretrained_strict: every model key must come from the checkpoint (except a reset head)
-            and every checkpoint key must have a place; false for e.g. MAE checkpoints whose
-            final `norm` becomes `fc_norm` in fine-tuning.
+        backbone: the ViT and its pretrained weights (`vit_backbone.BackboneConfig`: preset,
+            architecture overrides, pooling, drop rates, attention kernel, LayerScale, gradient
+            checkpointing, checkpoint file). `ClassificationTask` fills `backbone.in_chans` and
+            `backbone.img_size` from `data.channels` and `data.input_size` when they are null, and
+            rejects values that disagree with the data.
+        num_classes: classes of the linear head; None takes the data's class count.
     """
 
-    preset: str = "vit_micro_patch4_28"
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(preset="vit_micro_patch4_28"))
     num_classes: int | None = None
-    in_chans: int | None = None
-    img_size: int | None = None
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    conv_stem: list[int] | None = None
-    global_pool: GlobalPool = "token"
-    fc_norm: bool = False
-    init_values: float | None = None
-    drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    attn_kernel: AttnKernel = "auto"
-    weight_init: WeightInit = "timm"
-    grad_checkpointing: bool = False
-    pretrained: str | None = None
-    pretrained_layout: PretrainedLayout = "auto"
-    pretrained_reset_head: bool | None = None
-    pretrained_strict: bool = True
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        _check(
-            self.preset in preset_names(),
-            f"preset={self.preset!r} is not a vit_backbone preset; choose one of: {', '.join(preset_names())}",
-        )
-        for name in ("num_classes", "in_chans", "img_size", "patch_size", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the default)")
-        if self.conv_stem is not None:
-            problem = conv_stem_error(self.conv_stem, self.patch_size)
-            _check(problem is None, str(problem))
-        _check(self.in_chans in (None, 1, 3), f"in_chans={self.in_chans} must be 1 or 3 (or null)")
-        _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0")
-        _check(self.init_values is None or self.init_values > 0, f"init_values={self.init_values} must be > 0")
-        _check_rate(self, "drop_rate", "attn_drop_rate", "drop_path_rate")
+        _check(self.num_classes is None or self.num_classes >= 1,
+               f"num_classes={self.num_classes} must be >= 1 (or null for the data's class count)")
+        _check(self.backbone.in_chans in (None, 1, 3),
+               f"backbone.in_chans={self.backbone.in_chans} must be 1 or 3 (or null)")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Modules: `box_ops`, `position_encoding`, `neck` (single-scale projection, simple feature
 pyramid), `transformer`, `detr` (the detector), `matcher` (Hungarian), `criterion` (set loss),
 `postprocess`, `datasets` (COCO JSON through pycocotools), `transforms` (albumentations),
-`coco_eval`, `prepare` (demo data), `config` and `task` (the Task `vit_training.fit` runs).
+`coco_eval`, `prepare` (demo data), `config`, `model` (the builders) and `task` (the Task `vit_training.fit`
+runs).
 """
 
 from .coco_eval import evaluate_coco, predictions_to_coco_results, summary_text
@@ -13,7 +14,8 @@ from .data import CocoDetection, collate_detection
 from .detr import DETR
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess
-from .task import DetectionTask, build_detector, predict_images
+from .model import build_detector
+from .task import DetectionTask, predict_images
 from .transforms import build_detection_transforms
 
 __all__ = [

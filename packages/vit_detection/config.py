@@ -3,7 +3,7 @@
     config = load_config(DetectionConfig, "configs/detection/fashion_scenes_cpu.yaml",
                          ["train.epochs=2", "model.num_queries=50"])
 
-Sections: `model` (backbone preset, neck, DETR transformer, queries), `loss` (matching costs and
+Sections: `model` (`model.backbone`: the ViT and its weights; neck, DETR transformer, queries), `loss` (matching costs and
 loss weights), `data` (COCO JSON + image folders, input sizes, augmentation), `eval` (COCOeval
 and overlays) and the generic `optim`, `schedule` and `train` of `vit_training`.
 
@@ -18,15 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vit_backbone import preset_names
-from vit_backbone.conv_stem import conv_stem_error
+from vit_backbone import BackboneConfig
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
 from .scores import ClassScore
 
 NeckKind = Literal["single", "simple_fpn"]
 QueryKind = Literal["learned", "anchor"]
-PretrainedLayout = Literal["auto", "timm", "torchvision", "hf", "jax"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -35,30 +33,22 @@ def _check(condition: bool, message: str) -> None:
 
 
 @dataclass
-class DetectionModelConfig:
+class ModelConfig:
     """The detector: ViT backbone -> neck -> DETR transformer -> class and box heads.
 
     Args:
-        preset: a `vit_backbone` preset (`vit_backbone.preset_names()`), e.g. ``vit_base_patch16``.
+        backbone: the ViT and its pretrained weights (`vit_backbone.BackboneConfig`); its
+            classifier is dropped. `img_size` is the side the learned position embedding is
+            stored for (other input sizes are resampled per image, so padding never shifts an
+            image's positions); `in_chans` is 3 (RGB images).
         num_classes: object classes (without "no object"); None takes the training
             annotations' category count.
-        img_size: side the backbone's learned position embedding is stored for (other input
-            sizes are resampled per image, so padding never shifts an image's positions).
-        patch_size, embed_dim, depth, num_heads, mlp_ratio: override the preset's backbone
-            architecture (mlp_ratio: the blocks' MLP width / embed_dim).
-        conv_stem: output channels of stride-2 3x3 convolutions that replace the patchify
-            convolution (ViT_C, Xiao et al. 2021: overlapping receptive fields, steadier and
-            faster training), e.g. [32, 64, 128] for stride 8; the patch size is their stride.
-        drop_path_rate: stochastic depth of the backbone's last block.
-        pretrained: a local ViT checkpoint (timm / torchvision / HF / JAX) for the backbone;
-            its classifier is dropped. None trains from scratch.
-        pretrained_layout: the checkpoint's layout, or ``"auto"``.
         neck: ``"single"`` (1x1 projection of the stride-16 map, DETR's one level) or
             ``"simple_fpn"`` (ViTDet's pyramid: strides 8/16/32 from the one map).
         hidden_dim: transformer width.
         num_queries: object queries (predictions per image).
         enc_layers, dec_layers: transformer depth (encoder may be 0).
-        nheads: attention heads of the transformer.
+        num_heads: attention heads of the DETR transformer (the backbone's are `backbone.num_heads`).
         dim_feedforward: transformer MLP width.
         dropout: transformer dropout.
         pre_norm: pre-norm transformer layers (DETR's default is post-norm).
@@ -81,24 +71,16 @@ class DetectionModelConfig:
             every class's probability near 0).
     """
 
-    preset: str = "vit_tiny_patch16"
+    backbone: BackboneConfig = field(
+        default_factory=lambda: BackboneConfig(preset="vit_tiny_patch16", img_size=224, in_chans=3)
+    )
     num_classes: int | None = None
-    img_size: int = 224
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    conv_stem: list[int] | None = None
-    drop_path_rate: float = 0.0
-    pretrained: str | None = None
-    pretrained_layout: PretrainedLayout = "auto"
     neck: NeckKind = "single"
     hidden_dim: int = 256
     num_queries: int = 100
     enc_layers: int = 6
     dec_layers: int = 6
-    nheads: int = 8
+    num_heads: int = 8
     dim_feedforward: int = 2048
     dropout: float = 0.1
     pre_norm: bool = False
@@ -113,24 +95,17 @@ class DetectionModelConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        _check(
-            self.preset in preset_names(),
-            f"preset={self.preset!r} is not a vit_backbone preset; choose one of: {', '.join(preset_names())}",
-        )
-        for name in ("num_classes", "patch_size", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the default)")
-        _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0 (or null for the default)")
-        for name in ("img_size", "hidden_dim", "num_queries", "dec_layers", "nheads", "dim_feedforward"):
+        _check(self.num_classes is None or self.num_classes >= 1,
+               f"num_classes={self.num_classes} must be >= 1 (or null for the data's category count)")
+        _check(self.backbone.in_chans in (None, 3),
+               f"backbone.in_chans={self.backbone.in_chans} must be 3 (detection reads RGB images)")
+        for name in ("hidden_dim", "num_queries", "dec_layers", "num_heads", "dim_feedforward"):
             value = getattr(self, name)
             _check(value >= 1, f"{name}={value} must be >= 1")
-        if self.conv_stem is not None:
-            problem = conv_stem_error(self.conv_stem, self.patch_size)
-            _check(problem is None, str(problem))
         _check(self.enc_layers >= 0, f"enc_layers={self.enc_layers} must be >= 0")
-        _check(self.hidden_dim % self.nheads == 0, f"hidden_dim={self.hidden_dim} must be divisible by nheads={self.nheads}")
+        _check(self.hidden_dim % self.num_heads == 0,
+               f"hidden_dim={self.hidden_dim} must be divisible by num_heads={self.num_heads}")
         _check(0 <= self.dropout < 1, f"dropout={self.dropout} must lie in [0, 1)")
-        _check(0 <= self.drop_path_rate < 1, f"drop_path_rate={self.drop_path_rate} must lie in [0, 1)")
         _check(self.dn_groups >= 0, f"dn_groups={self.dn_groups} must be >= 0")
         _check(
             self.dn_groups == 0 or self.query_type == "anchor",
@@ -280,7 +255,7 @@ class DetectionEvalConfig:
 class DetectionConfig:
     """Everything one detection run needs; saved as ``config.yaml`` beside its checkpoints."""
 
-    model: DetectionModelConfig = field(default_factory=DetectionModelConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DetectionDataConfig = field(default_factory=DetectionDataConfig)
     eval: DetectionEvalConfig = field(default_factory=DetectionEvalConfig)

@@ -2,13 +2,13 @@
 
     config = load_config(SegmentationConfig, "configs/segmentation/mri_lobes_cpu.yaml", ["train.epochs=3"])
 
-Sections: `model` (which ViT encoder, the TransUNet decoder, pretrained weights), `data` (Synapse
-npz/h5 or NIfTI, classes, input size, intensity normalisation of NIfTI volumes), `augment`
-(TransUNet's rot90/flip and rotation, plus scaling), `loss` (cross-entropy + Dice weights), `eval`
-(metric conventions, slice batching, overlays) and the generic `optim`, `schedule` and `train` of
-`vit_training`.
+Sections: `model` (`model.backbone`: which ViT encoder and its pretrained weights; the class
+count and the TransUNet decoder), `data` (Synapse npz/h5 or NIfTI, class names, input size,
+intensity normalisation of NIfTI volumes), `augment` (TransUNet's rot90/flip and rotation, plus
+scaling), `loss` (cross-entropy + Dice weights), `eval` (metric conventions, slice batching,
+overlays) and the generic `optim`, `schedule` and `train` of `vit_training`.
 
-Fields left None are filled by `SegmentationTask` (`model.img_size` from `data.input_size`,
+Fields left None are filled by `SegmentationTask` (`model.backbone.img_size` from `data.input_size`,
 `data.class_names` from the data's ``classes.txt``), so a YAML file states only what it means.
 Range checks live in `__post_init__`; their messages start with the field name, so a load error
 reads ``configs/x.yaml: model.n_skip=4 must lie in [0, 3] ...``.
@@ -19,17 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vit_backbone import preset_config, preset_names
+from vit_backbone import BackboneConfig
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
 DataFormat = Literal["synapse", "nifti"]
 Modality = Literal["ct", "mr"]
 Interpolation = Literal["bilinear", "bicubic"]
 MetricMode = Literal["transunet", "standard"]
-AttnKernel = Literal["auto", "sdpa", "manual"]
-WeightInit = Literal["timm", "jax"]
-PretrainedLayout = Literal["auto", "timm", "torchvision", "hf", "jax"]
-Channels = Literal[1, 3]
 FlipAxis = Literal["random", "height", "width"]
 
 
@@ -43,80 +39,31 @@ class ModelConfig:
     """The TransUNet to build (`vit_segmentation.model.build_transunet`).
 
     Args:
-        preset: a `vit_backbone` preset (`vit_backbone.preset_names()`): ``vit_base_r50_s16`` is
-            TransUNet's R50-ViT-B/16; a plain ViT (``vit_base_patch16``) is the paper's ViT-CUP.
-        img_size: (height, width) the learned position embedding is stored for; None takes
-            `data.input_size` (pretrained embeddings are resampled to it at load time).
-        patch_size, embed_dim, depth, num_heads, mlp_ratio: override the preset's architecture.
-        hybrid_layers: ResNetV2 blocks per CNN stage, overriding the preset's (e.g. [1, 1] for a
-            small stride-8 hybrid: skips at strides 2 and 4); the patch size follows the CNN's stride.
-        in_chans: channels of the backbone: 3 repeats the 1-channel slices to 3 (TransUNet, and
-            what RGB-pretrained weights need), 1 builds the first convolution for one channel.
+        backbone: the ViT encoder and its pretrained weights (`vit_backbone.BackboneConfig`):
+            preset ``vit_base_r50_s16`` is TransUNet's R50-ViT-B/16, a plain ViT
+            (``vit_base_patch16``) the paper's ViT-CUP; `hybrid_layers` overrides the CNN's stages
+            (e.g. [1, 1] for a small stride-8 hybrid: skips at strides 2 and 4). `img_size` null
+            takes `data.input_size` (pretrained embeddings are resampled to it at load time).
+            `in_chans`: 3 repeats the 1-channel slices to 3 (TransUNet, and what RGB-pretrained
+            weights need), 1 builds the first convolution for one channel; null takes 3. The
+            pretrained checkpoint's classifier is dropped; the decoder always starts from scratch.
+        num_classes: segmentation classes, label values 0..num_classes-1, background (0)
+            included (Synapse: 9).
         n_skip: decoder stages that concatenate a CNN skip map, from the deepest: 3 = TransUNet,
             0 = R50-ViT-CUP; a plain ViT has no skip maps and needs 0.
         decoder_channels: output channels of the upsampler stages; one stage per factor 2 of the
             patch size (4 for patch 16, 3 for patch 8).
         head_channels: channels of the 3x3 convolution on the token map (TransUNet: 512).
-        pos_drop_rate: dropout on the embedded tokens (TransUNet: 0.1).
-        proj_drop_rate: dropout after the attention projection and in the MLP (TransUNet: 0.1).
-        attn_drop_rate: dropout on attention weights (TransUNet: 0.0).
-        drop_path_rate: stochastic depth of the last block.
-        attn_kernel: ``"auto" | "sdpa" | "manual"`` attention implementation.
-        weight_init: initialisation of a backbone trained from scratch (``"timm"`` or ``"jax"``).
-        grad_checkpointing: recompute block activations in the backward pass (less memory).
-        pretrained: a local ImageNet checkpoint of the encoder (JAX .npz such as Google's
-            ``R50+ViT-B_16.npz``, timm .safetensors/.pth, torchvision, Hugging Face); None trains
-            from scratch. Its classifier is dropped; the decoder always starts from scratch.
-        pretrained_layout: the checkpoint's layout, or ``"auto"`` to detect it.
-        pretrained_strict: every backbone tensor must come from the checkpoint.
     """
 
-    preset: str = "vit_base_r50_s16"
-    img_size: tuple[int, int] | None = None
-    patch_size: int | None = None
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float | None = None
-    hybrid_layers: list[int] | None = None
-    in_chans: Channels = 3
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(preset="vit_base_r50_s16", in_chans=3))
+    num_classes: int = 9
     n_skip: int = 3
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 16])
     head_channels: int = 512
-    pos_drop_rate: float = 0.0
-    proj_drop_rate: float = 0.0
-    attn_drop_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    attn_kernel: AttnKernel = "auto"
-    weight_init: WeightInit = "timm"
-    grad_checkpointing: bool = False
-    pretrained: str | None = None
-    pretrained_layout: PretrainedLayout = "auto"
-    pretrained_strict: bool = True
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        _check(
-            self.preset in preset_names(),
-            f"preset={self.preset!r} is not a vit_backbone preset; choose one of: {', '.join(preset_names())}",
-        )
-        _check(
-            self.img_size is None or (len(self.img_size) == 2 and min(self.img_size) >= 1),
-            f"img_size={self.img_size} must be [height, width] (or null for data.input_size)",
-        )
-        for name in ("patch_size", "embed_dim", "depth", "num_heads"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, f"{name}={value} must be >= 1 (or null for the preset's)")
-        _check(self.mlp_ratio is None or self.mlp_ratio > 0, f"mlp_ratio={self.mlp_ratio} must be > 0")
-        _check(
-            self.hybrid_layers is None or (len(self.hybrid_layers) >= 1 and min(self.hybrid_layers) >= 1),
-            f"hybrid_layers={self.hybrid_layers} must list >= 1 blocks for each of >= 1 stages (or be null)",
-        )
-        _check(
-            self.hybrid_layers is None or self.patch_size is None,
-            f"patch_size={self.patch_size} and hybrid_layers={self.hybrid_layers}: a hybrid's patch size is "
-            "its CNN's stride (4 * 2 ** (stages - 1)); set only hybrid_layers",
-        )
+        _check(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2 (background + classes)")
         _check(
             len(self.decoder_channels) >= 1 and min(self.decoder_channels) >= 1,
             f"decoder_channels={self.decoder_channels} must be >= 1 positive channel counts",
@@ -127,13 +74,12 @@ class ModelConfig:
             "works at the input resolution, where no skip map exists)",
         )
         _check(self.head_channels >= 1, f"head_channels={self.head_channels} must be >= 1")
-        for name in ("pos_drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
-            value = getattr(self, name)
-            _check(0 <= value < 1, f"{name}={value} must lie in [0, 1)")
+        _check(self.backbone.in_chans in (None, 1, 3),
+               f"backbone.in_chans={self.backbone.in_chans} must be 1 or 3 (or null for 3)")
         _check(
-            self.pretrained is None or self.in_chans == 3,
-            "in_chans=1 with pretrained: ImageNet checkpoints take RGB; keep in_chans=3 (1-channel slices are "
-            "repeated to 3 channels, as TransUNet does)",
+            self.backbone.pretrained is None or self.backbone.in_chans != 1,
+            "backbone.in_chans=1 with backbone.pretrained: ImageNet checkpoints take RGB; keep in_chans=3 "
+            "(1-channel slices are repeated to 3 channels, as TransUNet does)",
         )
 
 
@@ -151,8 +97,7 @@ class DataConfig:
         eval_root: NIfTI only: a second folder (``imagesTr/`` + ``labelsTr/``) to evaluate on.
         eval_cases: NIfTI only: case names of `root` held out of training for evaluation.
             Without `eval_root` and `eval_cases` training runs without evaluation.
-        num_classes: label values 0..num_classes-1, background (0) included (Synapse: 9).
-        class_names: names of the foreground classes 1..num_classes-1 (metric columns); None reads
+        class_names: names of the foreground classes 1..model.num_classes-1 (metric columns); None reads
             ``root/classes.txt`` (one name a line) when present, else "class_1", "class_2", ...
         input_size: (height, width) the slices are resized to for the model (training and
             inference); sides must be divisible by the patch size. Non-square is fine.
@@ -172,7 +117,6 @@ class DataConfig:
     test_list: str = "test_vol.txt"
     eval_root: str | None = None
     eval_cases: list[str] = field(default_factory=list)
-    num_classes: int = 9
     class_names: list[str] | None = None
     input_size: tuple[int, int] = (224, 224)
     interpolation: Interpolation = "bicubic"
@@ -184,12 +128,6 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        _check(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2 (background + classes)")
-        _check(
-            self.class_names is None or len(self.class_names) == self.num_classes - 1,
-            f"class_names has {len(self.class_names or [])} names but num_classes={self.num_classes} needs "
-            f"{self.num_classes - 1} (the foreground classes 1..{self.num_classes - 1}, without background)",
-        )
         _check(
             len(self.input_size) == 2 and min(self.input_size) >= 1,
             f"input_size={list(self.input_size)} must be [height, width] in pixels",
@@ -298,12 +236,14 @@ class SegmentationConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        # Known only with both sections: the model's patch must tile the input size.
-        patch = self.model.patch_size
-        if patch is None and self.model.hybrid_layers is not None:
-            patch = 4 * 2 ** (len(self.model.hybrid_layers) - 1)
-        if patch is None:
-            patch = int(preset_config(self.model.preset)["patch_size"])
+        # Known only with both sections: the class names must fit the class count, the patch the input size.
+        names, num_classes = self.data.class_names, self.model.num_classes
+        _check(
+            names is None or len(names) == num_classes - 1,
+            f"data.class_names has {len(names or [])} names but model.num_classes={num_classes} needs "
+            f"{num_classes - 1} (the foreground classes 1..{num_classes - 1}, without background)",
+        )
+        patch = self.model.backbone.resolved_patch_size
         height, width = self.data.input_size
         _check(
             height % patch == 0 and width % patch == 0,

@@ -39,7 +39,7 @@ def check_labels(labels: torch.Tensor, num_classes: int) -> None:
         bad = torch.unique(labels[(labels < 0) | (labels >= num_classes)])[:10].tolist()
         raise ValueError(
             f"labels hold values {bad} outside [0, {num_classes}) for num_classes={num_classes}; "
-            "set data.num_classes to cover every label value (background 0 included) or fix the label files"
+            "set model.num_classes to cover every label value (background 0 included) or fix the label files"
         )
 
 

@@ -22,20 +22,18 @@ align_corners=True as TransUNet's `nn.UpsamplingBilinear2d`.
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_backbone import LoadReport, VisionTransformer, create_vit, load_pretrained
+from vit_backbone import VisionTransformer, build_backbone
 
-logger = logging.getLogger(__name__)
+from .config import ModelConfig
 
-__all__ = ["ConvBnReLU", "DecoderStage", "TransUNet", "build_transunet", "load_backbone_weights", "vit_kwargs"]
+__all__ = ["ConvBnReLU", "DecoderStage", "TransUNet", "build_transunet"]
 
 # Names in `feature_specs()` that are transformer outputs (stride = patch size), not CNN skips.
 _TOKEN_OUTPUTS = ("blocks.", "norm")
@@ -223,43 +221,18 @@ class TransUNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- build
-def vit_kwargs(model_config: Any, in_chans: int, weight_init: str) -> dict[str, Any]:
-    """`create_vit` overrides from a `SegmentationConfig.model` section (None fields keep the preset's)."""
-    kwargs: dict[str, Any] = {
-        "num_classes": 0,  # no classifier: the decoder reads the tokens
-        "in_chans": in_chans,
-        "pos_drop_rate": model_config.pos_drop_rate,
-        "attn_drop_rate": model_config.attn_drop_rate,
-        "proj_drop_rate": model_config.proj_drop_rate,
-        "drop_path_rate": model_config.drop_path_rate,
-        "attn_kernel": model_config.attn_kernel,
-        "weight_init": weight_init,
-    }
-    if model_config.img_size is not None:
-        kwargs["img_size"] = tuple(model_config.img_size)
-    if model_config.hybrid_layers is not None:
-        layers = tuple(model_config.hybrid_layers)
-        kwargs["hybrid_layers"] = layers
-        kwargs["patch_size"] = 4 * 2 ** (len(layers) - 1)  # the ResNet's total stride
-    for name in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
-        value = getattr(model_config, name)
-        if value is not None:
-            kwargs[name] = value
-    return kwargs
-
-
-def build_transunet(model_config: Any, num_classes: int, in_chans: int | None = None,
-                    load_weights: bool = True) -> TransUNet:
+def build_transunet(model_config: ModelConfig, load_weights: bool = True) -> TransUNet:
     """Build the TransUNet a `SegmentationConfig.model` section describes, pretrained weights loaded.
 
+    The encoder is `vit_backbone.build_backbone(model_config.backbone)` without a classifier (a
+    checkpoint's head is dropped; its position embedding is resampled to the backbone's grid,
+    e.g. 14 x 14 -> 14 x 6 for 224 x 96 inputs); a null `backbone.in_chans` takes 3.
+
     Args:
-        model_config: a `vit_segmentation.config.ModelConfig` (preset, architecture overrides,
-            drop rates, n_skip, decoder and head channels, pretrained checkpoint).
-        num_classes: segmentation classes, background included.
-        in_chans: channels of the backbone (1, or 3 to take 1-channel slices repeated as
-            TransUNet does); default `model_config.in_chans`.
-        load_weights: load `model_config.pretrained` when set; False builds the architecture only
-            (to load a trained `model.safetensors` into it afterwards).
+        model_config: a `vit_segmentation.config.ModelConfig` (backbone, num_classes, n_skip,
+            decoder and head channels).
+        load_weights: load `model_config.backbone.pretrained` when set; False builds the
+            architecture only (to load a trained `model.safetensors` into it afterwards).
 
     Returns:
         a `TransUNet` on the CPU in fp32: images (B, 1 or in_chans, H, W) -> logits (B, C, H, W).
@@ -268,31 +241,10 @@ def build_transunet(model_config: Any, num_classes: int, in_chans: int | None = 
         FileNotFoundError: `pretrained` names no file.
         ValueError: the checkpoint does not fit the backbone (one line naming the file and key).
     """
-    in_chans = model_config.in_chans if in_chans is None else in_chans
-    pretrained = model_config.pretrained if load_weights else None
-    weight_init = "skip" if pretrained else model_config.weight_init  # a checkpoint overwrites the init
-    backbone = create_vit(model_config.preset, **vit_kwargs(model_config, in_chans, weight_init))
-    if pretrained is not None:
-        report = load_backbone_weights(backbone, pretrained, model_config.pretrained_layout,
-                                       model_config.pretrained_strict)
-        logger.info("loaded %s into the backbone (%s layout%s)", pretrained, report.layout,
-                    ", position embedding resampled" if report.resampled_pos_embed else "")
-    if model_config.grad_checkpointing:
-        backbone.set_grad_checkpointing(True)
-    return TransUNet(backbone, num_classes, n_skip=model_config.n_skip,
+    backbone_config = model_config.backbone
+    if backbone_config.in_chans is None:
+        backbone_config = dataclasses.replace(backbone_config, in_chans=3)
+    backbone = build_backbone(backbone_config, num_classes=0, load_weights=load_weights)
+    return TransUNet(backbone, model_config.num_classes, n_skip=model_config.n_skip,
                      decoder_channels=tuple(model_config.decoder_channels),
                      head_channels=model_config.head_channels)
-
-
-def load_backbone_weights(backbone: VisionTransformer, path: str | Path, layout: str = "auto",
-                          strict: bool = True) -> LoadReport:
-    """Load an ImageNet checkpoint (timm / torchvision / HF / JAX .npz, e.g. Google's
-    ``R50+ViT-B_16.npz`` that TransUNet starts from) into the encoder; its classifier is dropped.
-
-    The position embedding is resampled to the backbone's grid (e.g. 14 x 14 -> 14 x 6 for 224 x 96
-    inputs) by `vit_backbone.load_pretrained`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained={str(path)!r}: no such file")
-    return load_pretrained(backbone, path, layout=layout, strict=strict, reset_head=True)
