@@ -28,8 +28,6 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from vit_backbone import create_vit, load_pretrained
-from vit_backbone.conv_stem import conv_stem_stride
 from vit_training.config import ConfigError
 
 from .coco_eval import (
@@ -39,18 +37,18 @@ from .coco_eval import (
     summary_text,
     write_coco_results,
 )
-from .config import DetectionConfig, DetectionDataConfig, DetectionModelConfig
+from .config import DetectionConfig, DetectionDataConfig
 from .criterion import SetCriterion
 from .data import CocoDetection, collate_detection, load_coco_json, read_rgb
-from .detr import DETR
 from .matcher import HungarianMatcher
+from .model import build_detector
 from .postprocess import PostProcess
 from .transforms import DetectionTransform, build_detection_transforms
 from .visualize import denormalize, save_overlays, target_boxes_xyxy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectionTask", "build_detector", "data_path", "predict_images", "resolve_config"]
+__all__ = ["DetectionTask", "data_path", "predict_images", "resolve_config"]
 
 # Seed of the fixed subsets `data.num_train_samples` / `num_eval_samples` pick: independent of
 # train.seed, so runs with different seeds train and evaluate on the same images.
@@ -110,65 +108,6 @@ def resolve_config(config: DetectionConfig) -> DetectionConfig:
     per_image = model.num_queries if config.eval.top_k is None else config.eval.top_k
     evaluation = dataclasses.replace(config.eval, max_dets=max(config.eval.max_dets, per_image))
     return dataclasses.replace(config, model=model, data=data, eval=evaluation)
-
-
-# ------------------------------------------------------------------------------------------ model
-def build_backbone(cfg: DetectionModelConfig, load_weights: bool = True) -> nn.Module:
-    """The ViT of `cfg` without a classifier, with `cfg.pretrained` loaded (its head dropped)."""
-    overrides: dict[str, Any] = {"num_classes": 0, "img_size": cfg.img_size, "in_chans": 3,
-                                 "drop_path_rate": cfg.drop_path_rate}
-    for name in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio"):
-        value = getattr(cfg, name)
-        if value is not None:
-            overrides[name] = value
-    if cfg.conv_stem is not None:
-        overrides["conv_stem"] = tuple(cfg.conv_stem)
-        overrides["patch_size"] = conv_stem_stride(cfg.conv_stem)
-    pretrained = cfg.pretrained if load_weights else None
-    if pretrained is not None:
-        overrides["weight_init"] = "skip"  # every tensor is overwritten by the checkpoint
-    backbone = create_vit(cfg.preset, **overrides)
-    if pretrained is not None:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.pretrained={pretrained!r}: no such file")
-        report = load_pretrained(backbone, path, layout=cfg.pretrained_layout, reset_head=True)
-        logger.info("backbone weights from %s (%s layout%s)", path, report.layout,
-                    ", position embedding resampled" if report.resampled_pos_embed else "")
-    return backbone
-
-
-def build_detector(cfg: DetectionModelConfig, load_weights: bool = True) -> DETR:
-    """The DETR of `cfg` on the CPU in fp32; `cfg.num_classes` must be set (`resolve_config`).
-
-    Args:
-        cfg: the model section.
-        load_weights: load `cfg.pretrained` into the backbone; False builds the architecture only
-            (to load a trained ``model.safetensors`` into it afterwards).
-    """
-    if cfg.num_classes is None:
-        raise ConfigError("model.num_classes is not set (resolve the config against the data first)")
-    return DETR(
-        build_backbone(cfg, load_weights),
-        num_classes=cfg.num_classes,
-        neck=cfg.neck,
-        hidden_dim=cfg.hidden_dim,
-        num_queries=cfg.num_queries,
-        enc_layers=cfg.enc_layers,
-        dec_layers=cfg.dec_layers,
-        nheads=cfg.nheads,
-        dim_feedforward=cfg.dim_feedforward,
-        dropout=cfg.dropout,
-        aux_loss=cfg.aux_loss,
-        pre_norm=cfg.pre_norm,
-        backbone_feature=cfg.backbone_feature,
-        query_type=cfg.query_type,
-        two_stage=cfg.two_stage,
-        dn_groups=cfg.dn_groups,
-        dn_label_noise=cfg.dn_label_noise,
-        dn_box_noise=cfg.dn_box_noise,
-        class_score=cfg.class_score,
-    )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -245,12 +184,7 @@ class DetectionTask:
     @property
     def patch_size(self) -> int:
         """Padding multiple of the batches: the backbone's patch size."""
-        cfg = self.config.model
-        if cfg.patch_size is not None:
-            return cfg.patch_size
-        from vit_backbone import preset_config
-
-        return int(preset_config(cfg.preset)["patch_size"])
+        return self.config.model.backbone.resolved_patch_size
 
     # -------------------------------------------------------------------------------- data
     def transform(self, train: bool) -> DetectionTransform:
