@@ -83,7 +83,7 @@ def _read_class_file(path: Path, num_classes: int) -> list[str]:
         names = names[1:]
     if len(names) != num_classes - 1:
         raise ValueError(
-            f"{path}: {len(names)} class names, but data.num_classes={num_classes} needs {num_classes - 1} "
+            f"{path}: {len(names)} class names, but model.num_classes={num_classes} needs {num_classes - 1} "
             "(one per foreground class, background optional as the first line)"
         )
     return names
@@ -93,7 +93,7 @@ def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
     """A copy of `config` with what it leaves to the data filled in.
 
     `data.class_names` (from ``data.root/classes.txt`` when present, else "class_1", ...) and
-    `model.img_size` (`data.input_size`). Saved as the run's config.yaml, the result rebuilds the
+    `model.backbone.img_size` (`data.input_size`). Saved as the run's config.yaml, the result rebuilds the
     same model and names its classes without the data (for `predict`).
 
     Raises:
@@ -103,11 +103,11 @@ def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
     names = list(data.class_names) if data.class_names is not None else None
     if names is None:
         path = Path(data.root) / CLASSES_FILE if data.root is not None else None
-        names = (_read_class_file(path, data.num_classes) if path is not None and path.is_file()
-                 else default_class_names(data.num_classes))
+        names = (_read_class_file(path, model.num_classes) if path is not None and path.is_file()
+                 else default_class_names(model.num_classes))
     data = dataclasses.replace(data, class_names=names)
-    if model.img_size is None:
-        model = dataclasses.replace(model, img_size=tuple(data.input_size))
+    if model.backbone.img_size is None:
+        model = dataclasses.replace(model, backbone=dataclasses.replace(model.backbone, img_size=list(data.input_size)))
     return dataclasses.replace(config, data=data, model=model)
 
 
@@ -335,7 +335,7 @@ class SegmentationTask:
 
     @property
     def num_classes(self) -> int:
-        return int(self.config.data.num_classes)
+        return int(self.config.model.num_classes)
 
     @property
     def class_names(self) -> list[str]:
@@ -385,7 +385,7 @@ class SegmentationTask:
 
     def _nifti_args(self) -> dict[str, Any]:
         data = self.config.data
-        return {"num_classes": data.num_classes, "modality": data.modality, "axis": data.axis,
+        return {"num_classes": self.num_classes, "modality": data.modality, "axis": data.axis,
                 "ct_window": tuple(data.ct_window), "mr_percentiles": tuple(data.mr_percentiles)}
 
     def build_train_dataset(self) -> AugmentedSlices:
@@ -393,7 +393,7 @@ class SegmentationTask:
         data = self.config.data
         if data.format == "synapse":
             source: Dataset = SynapseSliceDataset(self._root(), list_file=data.train_list,
-                                                  num_classes=data.num_classes, list_dir=data.list_dir)
+                                                  num_classes=self.num_classes, list_dir=data.list_dir)
         else:
             train, _ = self._nifti_cases()
             if not train:
@@ -405,7 +405,7 @@ class SegmentationTask:
         """The evaluation volumes (`datasets.Volume` items, labels required), or None when there are none."""
         data = self.config.data
         if data.format == "synapse":
-            return SynapseVolumeDataset(self._root(), list_file=data.test_list, num_classes=data.num_classes,
+            return SynapseVolumeDataset(self._root(), list_file=data.test_list, num_classes=self.num_classes,
                                         list_dir=data.list_dir)
         _, evaluation = self._nifti_cases()
         if not evaluation:
@@ -427,7 +427,7 @@ class SegmentationTask:
     # -------------------------------------------------------------------------------- model and loss
     def build_model(self) -> TransUNet:
         """The TransUNet of `model` (pretrained backbone weights loaded when set), CPU, fp32."""
-        return build_transunet(self.config.model, self.num_classes)
+        return build_transunet(self.config.model)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """``ce_weight * CE + dice_weight * Dice`` of one batch (images (B, 1, h, w), labels (B, h, w)).
