@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vit_backbone import ConvStemEmbed, create_vit
+from vit_backbone import BackboneConfig, ConvStemEmbed, create_vit
 from vit_classification.config import (
     AugmentConfig,
     ClassificationConfig,
@@ -83,7 +83,7 @@ def write_idx_dataset(root: Path, per_class_train: int = 6, per_class_test: int 
 
 def idx_config(root: Path, **augment: object) -> ClassificationConfig:
     return ClassificationConfig(
-        model=ModelConfig(**TINY),
+        model=ModelConfig(backbone=BackboneConfig(**TINY)),
         data=DataConfig(format="fashion_mnist", root=str(root), input_size=28, channels=1, crop_pct=1.0),
         augment=AugmentConfig(**{"scale": (0.5, 1.0), "hflip": 0.5, "color_ops": 0, **augment}),
         optim=OptimizerConfig(lr=3e-3, weight_decay=0.0),
@@ -116,7 +116,7 @@ def test_config_file_loads(path: Path) -> None:
 
 def test_demo_config_resolves_without_touching_the_data() -> None:
     config = resolve_config(load_config(ClassificationConfig, ROOT / "configs/classification/fashion_mnist_cpu.yaml"))
-    assert config.model.num_classes == 10 and config.model.in_chans == 1 and config.model.img_size == 32
+    assert config.model.num_classes == 10 and config.model.backbone.in_chans == 1 and config.model.backbone.img_size == 32
     assert config.data.class_names[0] == "T-shirt/top"
 
 
@@ -124,8 +124,8 @@ def test_config_disagreeing_with_the_data_is_one_config_error() -> None:
     config = ClassificationConfig(model=ModelConfig(num_classes=5))
     with pytest.raises(ConfigError, match=r"model.num_classes=5 but the data has 10 classes"):
         resolve_config(config)
-    with pytest.raises(ConfigError, match="model.in_chans=3 but data.channels=1"):
-        resolve_config(ClassificationConfig(model=ModelConfig(in_chans=3)))
+    with pytest.raises(ConfigError, match="model.backbone.in_chans=3 but data.channels=1"):
+        resolve_config(ClassificationConfig(model=ModelConfig(backbone=BackboneConfig(preset="vit_micro_patch4_28", in_chans=3))))
 
 
 def test_range_checks_name_the_field(tmp_path: Path) -> None:
@@ -133,8 +133,8 @@ def test_range_checks_name_the_field(tmp_path: Path) -> None:
     path.write_text("augment:\n  hflip: 1.5\n")
     with pytest.raises(ConfigError, match=r"augment.hflip=1.5 must lie in \[0, 1\]"):
         load_config(ClassificationConfig, path)
-    with pytest.raises(ConfigError, match="model.preset='vit_nope' is not a vit_backbone preset"):
-        load_config(ClassificationConfig, None, ["model.preset=vit_nope"])
+    with pytest.raises(ConfigError, match="model.backbone.preset='vit_nope' is not a vit_backbone preset"):
+        load_config(ClassificationConfig, None, ["model.backbone.preset=vit_nope"])
     with pytest.raises(ConfigError, match=r"augment.erase_prob=1.5 must lie in \[0, 1\]"):
         load_config(ClassificationConfig, None, ["augment.erase_prob=1.5"])
     with pytest.raises(ConfigError, match=r"augment.translate_px=-1 must be >= 0"):
@@ -143,16 +143,16 @@ def test_range_checks_name_the_field(tmp_path: Path) -> None:
 
 def test_conv_stem_config_builds_a_conv_stem_vit_and_checks_the_patch_size() -> None:
     config = resolve_config(load_config(ClassificationConfig, None, [
-        "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.conv_stem=[8,16]", "data.input_size=32",
+        "model.backbone.embed_dim=32", "model.backbone.depth=2", "model.backbone.num_heads=2", "model.backbone.conv_stem=[8,16]", "data.input_size=32",
     ]))
     model = build_classifier(config.model)
     assert isinstance(model.patch_embed, ConvStemEmbed) and model.patch_embed.channels == (8, 16)
     assert model.patch_size == 4 and model.grid_size == (8, 8), "patch_size null takes the stem's stride"
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
-    with pytest.raises(ConfigError, match=r"model.patch_size=8 must equal the conv_stem's stride 4 \(2\*\*2\)"):
-        load_config(ClassificationConfig, None, ["model.conv_stem=[8,16]", "model.patch_size=8"])
-    with pytest.raises(ConfigError, match=r"model.conv_stem=\[8, 0\] must list positive channel counts"):
-        load_config(ClassificationConfig, None, ["model.conv_stem=[8,0]"])
+    with pytest.raises(ConfigError, match=r"model.backbone.patch_size=8 must equal the conv_stem's stride 4 \(2\*\*2\)"):
+        load_config(ClassificationConfig, None, ["model.backbone.conv_stem=[8,16]", "model.backbone.patch_size=8"])
+    with pytest.raises(ConfigError, match=r"model.backbone.conv_stem=\[8, 0\] must list positive channel counts"):
+        load_config(ClassificationConfig, None, ["model.backbone.conv_stem=[8,0]"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ def test_build_classifier_from_a_1000_class_timm_checkpoint_resets_only_the_head
     path = tmp_path / "vit_micro_in1k.safetensors"
     save_file(checkpoint, str(path))
 
-    model, report = build_classifier_with_report(ModelConfig(**TINY, num_classes=10, pretrained=str(path)))
+    model, report = build_classifier_with_report(ModelConfig(BackboneConfig(**TINY, pretrained=str(path)), num_classes=10))
 
     assert report is not None and report.head_reset and report.layout == "timm"
     assert model.head.weight.shape == (10, 32) and model.head.bias.shape == (10,)
@@ -181,13 +181,13 @@ def test_build_classifier_keeps_a_fitting_head_and_refuses_a_forced_mismatch(tmp
     source = create_vit("vit_micro_patch4_28", num_classes=10, embed_dim=32, depth=2, num_heads=2)
     path = tmp_path / "same_classes.safetensors"
     save_file(dict(source.state_dict()), str(path))
-    model = build_classifier(ModelConfig(**TINY, num_classes=10, pretrained=str(path)))
+    model = build_classifier(ModelConfig(BackboneConfig(**TINY, pretrained=str(path)), num_classes=10))
     assert torch.equal(model.head.weight, source.head.weight)
 
     with pytest.raises(ValueError, match="shape mismatch for head.weight"):
-        build_classifier(ModelConfig(**TINY, num_classes=7, pretrained=str(path), pretrained_reset_head=False))
-    with pytest.raises(FileNotFoundError, match="model.pretrained="):
-        build_classifier(ModelConfig(**TINY, num_classes=7, pretrained=str(tmp_path / "missing.pth")))
+        build_classifier(ModelConfig(BackboneConfig(**TINY, pretrained=str(path), pretrained_reset_head=False), num_classes=7))
+    with pytest.raises(FileNotFoundError, match="model.backbone.pretrained="):
+        build_classifier(ModelConfig(BackboneConfig(**TINY, pretrained=str(tmp_path / "missing.pth")), num_classes=7))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,11 +408,11 @@ def test_cifar10_task_reads_names_and_converts_channels(tmp_path: Path) -> None:
         batch = {"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), "labels": [0, 4, 9]}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     config = ClassificationConfig(
-        model=ModelConfig(preset="vit_tiny_patch4_32", embed_dim=32, depth=1, num_heads=2),
+        model=ModelConfig(BackboneConfig(preset="vit_tiny_patch4_32", embed_dim=32, depth=1, num_heads=2)),
         data=DataConfig(format="cifar10", root=str(tmp_path), input_size=32, channels=1, crop_pct=1.0),
     )
     task = ClassificationTask(config)
-    assert task.class_names == names and task.config.model.in_chans == 1
+    assert task.class_names == names and task.config.model.backbone.in_chans == 1
     # CIFAR's RGB statistics become luminance statistics for a grey model
     assert task.config.data.mean == [pytest.approx(0.299 * 0.4914 + 0.587 * 0.4822 + 0.114 * 0.4465)]
     train, evaluation = task.build_datasets()
@@ -444,7 +444,7 @@ def test_evaluate_in_one_process_returns_the_oracles_accuracy(tmp_path: Path) ->
             for i, predicted in enumerate(predictions):
                 write_grey_png(tmp_path / split / name / f"{i}.png", 10 * (predicted if split == "val" else label))
     config = ClassificationConfig(
-        model=ModelConfig(**TINY),
+        model=ModelConfig(backbone=BackboneConfig(**TINY)),
         data=DataConfig(format="imagefolder", root=str(tmp_path), input_size=28, channels=1, crop_pct=1.0),
         train=TrainConfig(batch_size=5),
     )
@@ -482,7 +482,7 @@ def test_predict_images_reads_files_and_folders_in_any_mode(tmp_path: Path) -> N
     (tmp_path / "photos" / "deep").mkdir()
     Image.fromarray(np.full((40, 30, 3), 90, dtype=np.uint8)).save(tmp_path / "photos" / "deep" / "b.jpg")
     Image.fromarray(np.full((28, 28, 4), 200, dtype=np.uint8), mode="RGBA").save(tmp_path / "c.png")
-    config = resolve_config(ClassificationConfig(model=ModelConfig(**TINY)))
+    config = resolve_config(ClassificationConfig(model=ModelConfig(backbone=BackboneConfig(**TINY))))
     model = build_classifier(config.model)
     rows = predict_images(model, [tmp_path / "photos", tmp_path / "c.png"], config, "cpu", batch_size=2)
     assert [Path(row["sample"]).name for row in rows] == ["a.png", "b.jpg", "c.png"]
