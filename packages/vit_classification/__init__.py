@@ -1,8 +1,9 @@
 """vit_classification: image classification on the shared ViT backbone.
 
-Data side: `datasets` reads IDX (MNIST / Fashion-MNIST), ImageFolder and CIFAR-10/100 into uint8
+Data side: `data` reads IDX (MNIST / Fashion-MNIST), ImageFolder and CIFAR-10/100 into uint8
 (H, W, C) images; `transforms` turns them into normalised tensors (albumentations) and mixes
-batches (timm's Mixup/CutMix with label smoothing).
+batches (timm's Mixup/CutMix with label smoothing); `visualize` draws the confusion matrix and
+prediction grids.
 """
 
 from .data import (

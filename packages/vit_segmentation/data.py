@@ -36,14 +36,21 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import h5py
 import nibabel as nib
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from vit_training.seeding import sample_seed
+
+if TYPE_CHECKING:
+    from .transforms import SliceTransform as SlicePipeline
+
 __all__ = [
+    "AugmentedSlices",
     "DEFAULT_CT_WINDOW",
     "DEFAULT_MR_PERCENTILES",
     "Modality",
@@ -732,3 +739,39 @@ class NiftiSliceDataset(Dataset):
         assert volume.label is not None
         image, label = volume.image[z].copy(), volume.label[z].copy()
         return self.transform(image, label) if self.transform is not None else (image, label)
+
+
+# ------------------------------------------------------------------------------------ augmented slices
+class AugmentedSlices(Dataset):
+    """A slice data set with its transform: item i -> (image float32 (1, h, w), labels int64 (h, w)).
+
+    With `seed` set (training) every item reseeds the transform from (seed, epoch, i), so the same
+    (epoch, i) always gives the same tensors in any process, DataLoader worker or resumed run.
+    The sources check every label against num_classes when they read it (naming the file), so a
+    bad label never reaches the loss.
+
+    Args:
+        source: a slice data set returning (image float32 (H, W), labels int64 (H, W)), e.g.
+            `SynapseSliceDataset` or `NiftiSliceDataset`.
+        transform: the per-slice pipeline.
+        seed: the run's seed for per-sample reseeding; None for a deterministic transform.
+    """
+
+    def __init__(self, source: Dataset, transform: SlicePipeline, seed: int | None = None) -> None:
+        self.source = source
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch the augmentation seeds are drawn for (the loop calls it every epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, labels = self.source[index]
+        if self.seed is not None:
+            self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
+        return self.transform(image, labels)

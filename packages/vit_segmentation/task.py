@@ -4,7 +4,7 @@ Training batches are ``(images, labels)``: images float32 (B, 1, h, w) normalise
 `data.input_size` (h, w), labels int64 (B, h, w) in [0, C). Per-slice augmentation is seeded from
 (train.seed, epoch, index), so a resumed run and any process or worker see the same samples.
 
-Evaluation batches are lists of `datasets.Volume` (images (S, H, W) at their own size), one per
+Evaluation batches are lists of `data.Volume` (images (S, H, W) at their own size), one per
 process step (`eval_batch_size = 1`, so cases spread over the processes). Each volume is
 predicted as TransUNet does (`predict_volume`): every slice resized to the training size, one
 forward pass per batch of slices, argmax, the prediction resized back (nearest) to the slice
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,16 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
-from vit_training.seeding import sample_seed
+from vit_training.task import Task
 
 from .config import SegmentationConfig
 from .data import (
+    AugmentedSlices,
     NiftiSliceDataset,
     NiftiVolumeDataset,
     SynapseSliceDataset,
@@ -51,19 +52,11 @@ from .transforms import (
     resize_image,
     resize_labels,
 )
+from .visualize import overlay_slice_indices, save_overlays
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "AugmentedSlices",
-    "SegmentationTask",
-    "class_colours",
-    "default_class_names",
-    "overlay_slice_indices",
-    "predict_volume",
-    "resolve_config",
-    "save_overlays",
-]
+__all__ = ["SegmentationTask", "default_class_names", "predict_volume", "resolve_config"]
 
 CLASSES_FILE = "classes.txt"  # one foreground class name a line, written by `prepare` and by users
 OVERLAY_FILE = "overlays.png"
@@ -112,60 +105,12 @@ def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
 
 
 # ------------------------------------------------------------------------------------------ data
-class AugmentedSlices(Dataset):
-    """A slice data set with its transform: item i -> (image float32 (1, h, w), labels int64 (h, w)).
-
-    With `seed` set (training) every item reseeds the transform from (seed, epoch, i), so the same
-    (epoch, i) always gives the same tensors in any process, DataLoader worker or resumed run.
-    The sources check every label against num_classes when they read it (naming the file), so a
-    bad label never reaches the loss.
-
-    Args:
-        source: a slice data set returning (image float32 (H, W), labels int64 (H, W)), e.g.
-            `SynapseSliceDataset` or `NiftiSliceDataset`.
-        transform: the per-slice pipeline.
-        seed: the run's seed for per-sample reseeding; None for a deterministic transform.
-    """
-
-    def __init__(self, source: Dataset, transform: SliceTransform, seed: int | None = None) -> None:
-        self.source = source
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch the augmentation seeds are drawn for (the loop calls it every epoch)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, labels = self.source[index]
-        if self.seed is not None:
-            self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
-        return self.transform(image, labels)
-
-
 def _volume_list(volumes: list[Volume]) -> list[Volume]:
     """Evaluation collation: the volumes as they are (they differ in size; no stacking)."""
     return list(volumes)
 
 
 # ------------------------------------------------------------------------------------------ inference
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DDP / torch.compile wrappers.
-
-    Volumes differ in slice count, so processes run different numbers of forward passes; a DDP
-    forward may broadcast BatchNorm buffers (a collective) and would then hang.
-    """
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 def _label_dtype(num_classes: int) -> np.dtype:
     return np.dtype(np.uint8) if num_classes <= 256 else np.dtype(np.uint16)
 
@@ -201,7 +146,7 @@ def predict_volume(
     volume = image[None] if image.ndim == 2 else image
     if volume.shape[0] == 0:
         raise ValueError(f"the volume has no slices (shape {image.shape})")
-    net = _unwrap(model)
+    net = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -222,99 +167,8 @@ def predict_volume(
     return output[0] if image.ndim == 2 else output
 
 
-# ------------------------------------------------------------------------------------------ pictures
-def class_colours(num_classes: int) -> np.ndarray:
-    """(C, 3) float RGB in [0, 1]: black background, then distinct colours that are not grey.
-
-    tab10 (9 colours without its grey) up to 9 classes, tab20 (18 without its greys) up to 18,
-    evenly spaced hues beyond: a grey class would vanish on a grey slice.
-    """
-    from matplotlib import colormaps
-
-    foreground = num_classes - 1
-    if foreground <= 9:
-        colours = colormaps["tab10"](np.delete(np.arange(10), 7))[:foreground, :3]
-    elif foreground <= 18:
-        colours = colormaps["tab20"](np.delete(np.arange(20), [14, 15]))[:foreground, :3]
-    else:
-        colours = colormaps["hsv"](np.linspace(0, 1, foreground, endpoint=False))[:, :3]
-    return np.concatenate([np.zeros((1, 3)), colours]).astype(np.float64)
-
-
-def _normalised(image: np.ndarray) -> np.ndarray:
-    """A slice scaled to [0, 1] by its own min and max (zeros when constant), for display."""
-    low, high = float(np.min(image)), float(np.max(image))
-    return (image - low) / (high - low) if high > low else np.zeros_like(image, dtype=np.float64)
-
-
-def _blend(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """A grey (H, W) slice with labelled pixels tinted: (H, W, 3) float in [0, 1]."""
-    rgb = np.repeat(_normalised(image)[..., None], 3, axis=2)
-    mask = labels > 0
-    rgb[mask] = (1 - alpha) * rgb[mask] + alpha * colours[labels[mask].astype(np.intp)]
-    return rgb
-
-
-def save_overlays(
-    path: str | os.PathLike,
-    images: np.ndarray,
-    predictions: np.ndarray,
-    class_names: Sequence[str],
-    truths: np.ndarray | None = None,
-    titles: Sequence[str] | None = None,
-) -> Path:
-    """One row per slice: the image, the truth over it (when given) and the prediction over it, with a legend.
-
-    Args:
-        path: the PNG to write (its folder is created).
-        images: float (N, H, W) slices.
-        predictions: int (N, H, W) predicted labels.
-        class_names: the C-1 foreground class names (colour k+1 is class_names[k]).
-        truths: int (N, H, W) ground-truth labels, or None.
-        titles: one title per row, e.g. "case0001 slice 42".
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    colours = class_colours(len(class_names) + 1)
-    rows = images.shape[0]
-    columns = 3 if truths is not None else 2
-    height, width = images.shape[1:]
-    panel = 3.0
-    figure = Figure(figsize=(panel * columns * max(width / height, 0.5) + 2.2, panel * rows + 0.4), dpi=100)
-    FigureCanvasAgg(figure)
-    for row in range(rows):
-        panels = [("image", np.repeat(_normalised(images[row])[..., None], 3, axis=2))]
-        if truths is not None:
-            panels.append(("truth", _blend(images[row], truths[row], colours)))
-        panels.append(("prediction", _blend(images[row], predictions[row], colours)))
-        for column, (name, picture) in enumerate(panels):
-            axes = figure.add_subplot(rows, columns, row * columns + column + 1)
-            axes.imshow(picture, interpolation="nearest")
-            label = f"{titles[row]}: {name}" if titles is not None and column == 0 else name
-            axes.set_title(label, fontsize=8)
-            axes.axis("off")
-    handles = [Patch(color=colours[index + 1], label=name) for index, name in enumerate(class_names)]
-    figure.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0, 1 - 2.0 / figure.get_figwidth(), 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
-
-
-def overlay_slice_indices(labels: np.ndarray, count: int) -> list[int]:
-    """`count` slice indices spread evenly over the slices that hold foreground (all slices if none do)."""
-    candidates = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))
-    if candidates.size == 0:
-        candidates = np.arange(labels.shape[0])
-    picks = np.linspace(0, candidates.size - 1, num=min(count, candidates.size)).round().astype(int)
-    return sorted({int(candidates[pick]) for pick in picks})
-
-
 # ------------------------------------------------------------------------------------------ task
-class SegmentationTask:
+class SegmentationTask(Task):
     """TransUNet-style 2D slice segmentation evaluated on 3D volumes, as a `vit_training.task.Task`.
 
     Args:
@@ -402,7 +256,7 @@ class SegmentationTask:
         return AugmentedSlices(source, self.train_transform(), seed=self.config.train.seed)
 
     def build_eval_dataset(self) -> Dataset | None:
-        """The evaluation volumes (`datasets.Volume` items, labels required), or None when there are none."""
+        """The evaluation volumes (`data.Volume` items, labels required), or None when there are none."""
         data = self.config.data
         if data.format == "synapse":
             return SynapseVolumeDataset(self._root(), list_file=data.test_list, num_classes=self.num_classes,
@@ -480,7 +334,9 @@ class SegmentationTask:
             "excluded/<class>" in standard mode), and with `eval.other_mode` the same keys of the
             other convention prefixed "<mode>/"; identical on every process.
         """
-        net = _unwrap(model)  # see `_unwrap`: no DDP collectives inside an uneven inference loop
+        # The module inside DDP: volumes differ in slice count, so processes run different numbers
+        # of forward passes, and a DDP forward may broadcast BatchNorm buffers (a collective) and hang.
+        net = extract_model_from_parallel(model, keep_torch_compile=False)
         records: dict[str, dict[str, Any]] = {}
         for batch in loader:
             local = [self.case_record(net, volume) for volume in batch]
