@@ -43,7 +43,8 @@ from vit_classification.metrics import (
     write_predictions_csv,
 )
 from vit_classification.model import build_classifier, build_classifier_with_report
-from vit_classification.task import ClassificationTask, predict_images
+from vit_classification.predict import predict_images
+from vit_classification.task import ClassificationTask
 from vit_classification.visualize import save_confusion_matrix_png
 from vit_training import OptimizerConfig, TrainConfig
 from vit_training.config import ConfigError, load_config

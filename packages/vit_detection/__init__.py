@@ -15,7 +15,7 @@ from .detr import DETR
 from .matcher import HungarianMatcher
 from .postprocess import PostProcess
 from .model import build_detector
-from .task import DetectionTask, predict_images
+from .task import DetectionTask
 from .transforms import build_detection_transforms
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "build_detector",
     "collate_detection",
     "evaluate_coco",
-    "predict_images",
     "predictions_to_coco_results",
     "summary_text",
 ]

@@ -1,4 +1,4 @@
-"""The detection Task that `vit_training.loop.fit` runs, and prediction on image files.
+"""The detection Task that `vit_training.loop.fit` runs (prediction on files: `vit_detection.predict`).
 
 Batches are ``(images, pad_mask, targets)`` from `collate_detection`: images float32
 (B, 3, H, W) normalised and zero-padded bottom/right to a multiple of the patch size, pad_mask
@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
+from vit_training.task import Task
 
 from .coco_eval import (
     CocoResultCollector,
@@ -39,7 +39,7 @@ from .coco_eval import (
 )
 from .config import DetectionConfig, DetectionDataConfig
 from .criterion import SetCriterion
-from .data import CocoDetection, collate_detection, load_coco_json, read_rgb
+from .data import CocoDetection, collate_detection, load_coco_json
 from .matcher import HungarianMatcher
 from .model import build_detector
 from .postprocess import PostProcess
@@ -48,7 +48,7 @@ from .visualize import denormalize, save_overlays, target_boxes_xyxy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DetectionTask", "data_path", "predict_images", "resolve_config"]
+__all__ = ["DetectionTask", "data_path", "resolve_config"]
 
 # Seed of the fixed subsets `data.num_train_samples` / `num_eval_samples` pick: independent of
 # train.seed, so runs with different seeds train and evaluate on the same images.
@@ -144,7 +144,7 @@ def _subset(dataset: CocoDetection, limit: int | None) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------ task
-class DetectionTask:
+class DetectionTask(Task):
     """DETR-style object detection on the shared ViT, as a `vit_training.task.Task`.
 
     Args:
@@ -224,9 +224,6 @@ class DetectionTask:
     def build_model(self) -> nn.Module:
         return build_detector(self.config.model)
 
-    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
-        return self.build_train_dataset(), self.build_eval_dataset()
-
     def collate_fn(self, train: bool) -> Callable[[list[Any]], Any]:
         # A partial of a module-level function pickles, so DataLoader workers can use it.
         return functools.partial(collate_detection, size_divisor=self.patch_size)
@@ -303,64 +300,3 @@ class DetectionTask:
             self.class_names, score_threshold=self.config.eval.score_threshold,
             names=[f"image_{int(t['image_id'])}" for t in targets], gt_boxes=gt_boxes,
         )
-
-
-# ------------------------------------------------------------------------------------------ predict
-@torch.no_grad()
-def predict_images(
-    model: nn.Module,
-    paths: Sequence[Path],
-    config: DetectionConfig,
-    device: torch.device,
-    output_dir: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Detect objects in image files with the evaluation transform of `config` (resolved).
-
-    Args:
-        model: a trained `DETR` (e.g. `build_detector` + `load_weights_for_inference`).
-        paths: image files.
-        config: the resolved config the weights were trained with.
-        device: where to run.
-        output_dir: when given, a PNG overlay per image (boxes scoring >= eval.score_threshold).
-
-    Returns:
-        One dict per image: "file", and "detections", a list of {"label", "category_id", "score",
-        "bbox_xyxy"} in the image's own pixels, sorted by score, every detection (no threshold):
-        one per query, or `eval.top_k`.
-    """
-    task_config = config
-    transform = build_detection_transforms(
-        False, train_sizes=task_config.data.train_sizes, eval_size=task_config.data.eval_size,
-        max_size=task_config.data.max_size, mean=task_config.data.mean, std=task_config.data.std,
-    )
-    patch = int(_unwrap(model).backbone.patch_size)
-    model = model.to(device).eval()
-    postprocess = PostProcess(top_k=task_config.eval.top_k, class_score=task_config.model.class_score)
-    rows = []
-    names = list(task_config.data.class_names)
-    category_ids = list(task_config.data.category_ids)
-    for path in paths:
-        rgb = read_rgb(path)
-        image, _, _ = transform(rgb, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
-        images, pad_mask, _ = collate_detection([(image, {})], size_divisor=patch)
-        outputs = model(images.to(device), pad_mask.to(device))
-        outputs = {key: outputs[key].float() for key in ("pred_logits", "pred_boxes")}
-        orig = torch.tensor([[rgb.shape[0], rgb.shape[1]]], device=device)
-        prediction = {k: v.cpu() for k, v in postprocess(outputs, orig)[0].items()}
-        order = torch.argsort(prediction["scores"], descending=True)
-        detections = [
-            {"label": names[int(prediction["labels"][i])], "category_id": category_ids[int(prediction["labels"][i])],
-             "score": float(prediction["scores"][i]), "bbox_xyxy": [float(v) for v in prediction["boxes"][i]]}
-            for i in order
-        ]
-        rows.append({"file": str(path), "detections": detections})
-        if output_dir is not None:
-            save_overlays([torch.from_numpy(rgb).permute(2, 0, 1)], [prediction], output_dir, names,
-                          score_threshold=task_config.eval.score_threshold, names=[Path(path).stem])
-    return rows
-
-
-def write_predictions_json(path: Path, rows: list[dict[str, Any]]) -> None:
-    """`predict_images` rows as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=1) + "\n")

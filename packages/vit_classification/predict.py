@@ -1,0 +1,109 @@
+"""Prediction on image files with a trained classifier: `predict_images` and the ``predict`` command.
+
+Images are read like `ImageFolderDataset` reads them and go through the evaluation transform of
+the config the weights were trained with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vit_training.loop import load_weights_for_inference
+
+from .config import ClassificationConfig
+from .data import list_images, read_image, resolve_config
+from .metrics import write_predictions_csv
+from .model import build_classifier
+from .transforms import build_eval_transform
+
+__all__ = ["add_predict_arguments", "predict_images", "run_predict"]
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    paths: Sequence[str | os.PathLike],
+    cfg: ClassificationConfig,
+    device: torch.device | str,
+    batch_size: int = 64,
+    class_names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Classify image files (or every image in given folders) with the evaluation transform.
+
+    Images are read like `ImageFolderDataset` reads them (`data.read_image`: any PIL mode,
+    converted to `data.channels`, transparency over `data.background`).
+
+    Args:
+        model: the classifier (moved to `device` here, put in eval mode).
+        paths: image files and/or folders.
+        cfg: the resolved config (`resolve_config`) the model was trained with.
+        device: where to run.
+        batch_size: images per forward pass.
+        class_names: index = label; default `cfg.data.class_names`, else "0", "1", ...
+
+    Returns:
+        one dict per image, in the order found: {"sample": path, "predicted_index",
+        "predicted_name", "score" (probability), "top5": [(name, probability), ...]}, the keys of
+        `metrics.write_predictions_csv`.
+
+    Raises:
+        FileNotFoundError: a path is missing or a folder holds no image.
+        ValueError: a file is not a readable image (one line naming it).
+    """
+    data = cfg.data
+    if data.mean is None or data.std is None:
+        raise ValueError("predict_images needs a resolved config (data.mean / data.std set): use resolve_config")
+    transform = build_eval_transform(
+        data.input_size, data.channels, data.mean, data.std, crop_pct=data.crop_pct, interpolation=data.interpolation
+    )
+    files = list_images(paths)
+    model = model.to(device).eval()
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        images = torch.stack([transform(read_image(path, data.channels, data.background)) for path in chunk])
+        probs = model(images.to(device)).float().softmax(dim=1).cpu()
+        if class_names is not None:
+            names = list(class_names)
+        elif data.class_names is not None:
+            names = list(data.class_names)
+        else:
+            names = [str(index) for index in range(probs.shape[1])]
+        order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :5]
+        for path, row, best in zip(chunk, probs, order, strict=True):
+            results.append({
+                "sample": str(path),
+                "predicted_index": int(best[0]),
+                "predicted_name": names[int(best[0])],
+                "score": float(row[best[0]]),
+                "top5": [(names[int(c)], float(row[c])) for c in best],
+            })
+    return results
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``predict`` command's own arguments: the images, ``--output``, ``--batch-size``."""
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER", help="images and/or folders")
+    parser.add_argument("--output", type=Path, default=None, help="also write a predictions CSV here")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+
+
+def run_predict(args: argparse.Namespace, config: ClassificationConfig, weights: Path, device: torch.device) -> int:
+    """Print the predicted label and its probability for each image; write the CSV when asked."""
+    config = resolve_config(config)
+    model = load_weights_for_inference(build_classifier(config.model, load_weights=False), weights)
+    rows = predict_images(model, args.images, config, device, batch_size=args.batch_size)
+    width = max(len(row["sample"]) for row in rows)
+    for row in rows:
+        print(f"{row['sample']:<{width}}  {row['predicted_name']}  {row['score']:.4f}")
+    if args.output is not None:
+        write_predictions_csv(args.output, rows)
+        print(f"wrote {len(rows)} predictions to {args.output}")
+    return 0

@@ -1,0 +1,139 @@
+"""Prediction on image files with a trained detector: `predict_images` and the ``predict`` command.
+
+Each image goes through the evaluation transform of the config the weights were trained with;
+every query's detection is kept (sorted by score) and those scoring at least
+``eval.score_threshold`` are printed and drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+
+from vit_training.loop import load_weights_for_inference
+
+from .config import DetectionConfig
+from .data import collate_detection, read_rgb
+from .model import build_detector
+from .postprocess import PostProcess
+from .task import resolve_config
+from .transforms import build_detection_transforms
+from .visualize import save_overlays
+
+__all__ = ["IMAGE_EXTENSIONS", "add_predict_arguments", "list_images", "predict_images", "run_predict",
+           "write_predictions_json"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(paths: Sequence[Path]) -> list[Path]:
+    """Image files given directly, or found (recursively, sorted, by `IMAGE_EXTENSIONS`) in folders.
+
+    Raises:
+        FileNotFoundError: a path does not exist, or a folder holds no image.
+    """
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise FileNotFoundError(f"{path}: folder holds no image ({' '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such image file or folder")
+    return files
+
+
+@torch.no_grad()
+def predict_images(
+    model: nn.Module,
+    paths: Sequence[Path],
+    config: DetectionConfig,
+    device: torch.device,
+    output_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Detect objects in image files with the evaluation transform of `config` (resolved).
+
+    Args:
+        model: a trained `DETR` (e.g. `build_detector` + `load_weights_for_inference`).
+        paths: image files.
+        config: the resolved config the weights were trained with.
+        device: where to run.
+        output_dir: when given, a PNG overlay per image (boxes scoring >= eval.score_threshold).
+
+    Returns:
+        One dict per image: "file", and "detections", a list of {"label", "category_id", "score",
+        "bbox_xyxy"} in the image's own pixels, sorted by score, every detection (no threshold):
+        one per query, or `eval.top_k`.
+    """
+    task_config = config
+    transform = build_detection_transforms(
+        False, train_sizes=task_config.data.train_sizes, eval_size=task_config.data.eval_size,
+        max_size=task_config.data.max_size, mean=task_config.data.mean, std=task_config.data.std,
+    )
+    patch = int(extract_model_from_parallel(model, keep_torch_compile=False).backbone.patch_size)
+    model = model.to(device).eval()
+    postprocess = PostProcess(top_k=task_config.eval.top_k, class_score=task_config.model.class_score)
+    rows = []
+    names = list(task_config.data.class_names)
+    category_ids = list(task_config.data.category_ids)
+    for path in paths:
+        rgb = read_rgb(path)
+        image, _, _ = transform(rgb, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+        images, pad_mask, _ = collate_detection([(image, {})], size_divisor=patch)
+        outputs = model(images.to(device), pad_mask.to(device))
+        outputs = {key: outputs[key].float() for key in ("pred_logits", "pred_boxes")}
+        orig = torch.tensor([[rgb.shape[0], rgb.shape[1]]], device=device)
+        prediction = {k: v.cpu() for k, v in postprocess(outputs, orig)[0].items()}
+        order = torch.argsort(prediction["scores"], descending=True)
+        detections = [
+            {"label": names[int(prediction["labels"][i])], "category_id": category_ids[int(prediction["labels"][i])],
+             "score": float(prediction["scores"][i]), "bbox_xyxy": [float(v) for v in prediction["boxes"][i]]}
+            for i in order
+        ]
+        rows.append({"file": str(path), "detections": detections})
+        if output_dir is not None:
+            save_overlays([torch.from_numpy(rgb).permute(2, 0, 1)], [prediction], output_dir, names,
+                          score_threshold=task_config.eval.score_threshold, names=[Path(path).stem])
+    return rows
+
+
+def write_predictions_json(path: Path, rows: list[dict[str, Any]]) -> None:
+    """`predict_images` rows as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``predict`` command's own arguments: the images and ``--output``."""
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER", help="images and/or folders")
+    parser.add_argument("--output", type=Path, default=Path("detections"),
+                        help="folder for detections.json and the overlays (default detections/)")
+
+
+def run_predict(args: argparse.Namespace, config: DetectionConfig, weights: Path, device: torch.device) -> int:
+    """Print the detections above ``eval.score_threshold``; write detections.json and the overlays."""
+    config = resolve_config(config)
+    files = list_images(args.images)  # fail before loading anything
+    model = load_weights_for_inference(build_detector(config.model, load_weights=False), weights)
+    rows = predict_images(model, files, config, device, output_dir=args.output)
+    threshold = config.eval.score_threshold
+    for row in rows:
+        shown = [d for d in row["detections"] if d["score"] >= threshold]
+        print(f"{row['file']}: {len(shown)} detections >= {threshold}")
+        for d in shown:
+            box = ", ".join(f"{v:.1f}" for v in d["bbox_xyxy"])
+            print(f"  {d['label']:<16} {d['score']:.3f}  [{box}]")
+    write_predictions_json(args.output / "detections.json", rows)
+    print(f"wrote {args.output / 'detections.json'} and {len(rows)} overlays to {args.output}")
+    return 0

@@ -1,0 +1,115 @@
+"""Segmenting NIfTI volumes and PNG/JPEG slices with trained weights: the ``predict`` command.
+
+A NIfTI file (.nii, .nii.gz) is normalised as ``data.modality`` says (CT window or MR
+percentiles), sliced along ``data.axis`` and written back as ``<name>_labels.nii.gz`` with the
+input's affine; a PNG/JPEG image is read as grey in [0, 1] (`read_grey_image`) and written as
+``<name>_labels.png`` (pixel value = class index). Each input also gets ``<name>_overlay.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vit_training.loop import load_weights_for_inference
+
+from .config import SegmentationConfig
+from .data import read_nifti_volume, write_nifti_labels
+from .model import build_transunet
+from .task import predict_volume, resolve_config
+from .visualize import overlay_slice_indices, save_overlays
+
+__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "add_predict_arguments", "input_kind", "read_grey_image",
+           "run_predict"]
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def input_kind(path: Path) -> str:
+    """``"nifti"`` or ``"image"`` by the file name.
+
+    Raises:
+        ValueError: neither suffix (one line naming the accepted ones).
+    """
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    nifti, images = ", ".join(NIFTI_SUFFIXES), ", ".join(IMAGE_SUFFIXES)
+    raise ValueError(f"{path}: not a NIfTI ({nifti}) or image ({images}) file")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_grey_image(path: Path) -> np.ndarray:
+    """A PNG/JPEG/... file as a float32 (H, W) grey slice in [0, 1] (8-bit and 16-bit images).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.asarray(image, dtype=np.float32)
+                return array / 65535.0 if image.mode.startswith("I;16") else array / max(float(array.max()), 1.0)
+            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from error
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``predict`` command's own arguments: the input files and ``--output``."""
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="NIfTI volumes and/or PNG/JPEG images")
+    parser.add_argument("--output", type=Path, default=Path("predictions"),
+                        help="folder for the label maps and overlays (default: predictions)")
+
+
+def run_predict(args: argparse.Namespace, config: SegmentationConfig, weights: Path, device: torch.device) -> int:
+    """Segment every input; print each one's output file and the classes found."""
+    from PIL import Image
+
+    config = resolve_config(config)
+    kinds = [input_kind(path) for path in args.inputs]  # fail before loading anything
+    model = load_weights_for_inference(build_transunet(config.model, load_weights=False), weights)
+    model = model.to(device).eval()
+    data, names = config.data, list(config.data.class_names)
+    output: Path = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    for path, kind in zip(args.inputs, kinds, strict=True):
+        stem = _stem(path)
+        if kind == "nifti":
+            volume = read_nifti_volume(path, None, modality=data.modality, axis=data.axis,
+                                       ct_window=tuple(data.ct_window), mr_percentiles=tuple(data.mr_percentiles))
+            labels = predict_volume(model, volume.image, data.input_size, data.interpolation,
+                                    config.eval.slice_batch_size)
+            target = output / f"{stem}_labels.nii.gz"
+            write_nifti_labels(target, labels, volume)
+            indices = overlay_slice_indices(labels, max(config.eval.overlay_slices, 1))
+            save_overlays(output / f"{stem}_overlay.png", volume.image[indices], labels[indices], names,
+                          titles=[f"{stem} slice {index}" for index in indices])
+        else:
+            image = read_grey_image(path)
+            labels = predict_volume(model, image, data.input_size, data.interpolation)
+            target = output / f"{stem}_labels.png"
+            Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
+            save_overlays(output / f"{stem}_overlay.png", image[None], labels[None], names, titles=[stem])
+        present = np.unique(labels)
+        classes = ", ".join(names[int(value) - 1] for value in present if value > 0) or "background only"
+        print(f"{path} -> {target} ({classes})")
+    return 0
