@@ -10,7 +10,13 @@ Grey data feeds a 3-channel model by replicating the grey plane; colour data fee
 model through luminance with PIL's ITU-R 601-2 weights (the same integers as ``Image.convert("L")``).
 
 Errors about a file are one-line ``ValueError``/``FileNotFoundError`` messages that name the file
-and what was expected.
+and what was expected. Image and IDX files are read by `vit_training.data` (`read_image`,
+`read_idx`), shared with the other tasks.
+
+The rest of the module connects the data to a run: `default_normalization` (published statistics
+per format), `read_class_names`, `resolve_config` (fills the config values the data decides),
+`open_split` (the raw data set of a split) and `AugmentedSamples` (a data set with its seeded
+per-sample transform, what the Task's loaders read).
 """
 
 from __future__ import annotations

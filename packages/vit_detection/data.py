@@ -29,7 +29,7 @@ degenerate ones, with annotation ids renumbered when any is < 1 (pycocotools tre
 DETR's sign).
 
 Malformed files give one-line ``ValueError``/``FileNotFoundError`` messages naming the file and
-the field.
+the field. Images are decoded by `vit_training.data.read_rgb` (re-exported here).
 """
 
 from __future__ import annotations
