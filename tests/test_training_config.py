@@ -227,6 +227,7 @@ def test_config_to_dict_nested_and_flat() -> None:
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
 def test_auto_mixed_precision_on_cpu(monkeypatch: pytest.MonkeyPatch, native: bool, expected: str) -> None:
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: native)
     assert resolve_mixed_precision("auto", "cpu") == expected
     assert resolve_mixed_precision("auto", torch.device("cpu")) == expected
@@ -234,14 +235,39 @@ def test_auto_mixed_precision_on_cpu(monkeypatch: pytest.MonkeyPatch, native: bo
 
 @pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "no")])
 def test_auto_mixed_precision_on_cuda(monkeypatch: pytest.MonkeyPatch, supported: bool, expected: str) -> None:
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
     assert resolve_mixed_precision("auto", "cuda") == expected
 
 
 def test_explicit_mixed_precision_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: False)
     for value in ("no", "bf16", "fp16"):
         assert resolve_mixed_precision(value, "cpu") == value
     assert resolve_mixed_precision("auto", "mps") == "no"
     with pytest.raises(ValueError, match="auto, no, bf16, fp16"):
         resolve_mixed_precision("half", "cpu")
+
+
+@pytest.mark.parametrize("launcher, native, expected", [("bf16", False, "bf16"), ("fp16", True, "fp16"),
+                                                        ("no", True, "bf16"), ("no", False, "no")])
+def test_auto_mixed_precision_follows_the_launcher(monkeypatch: pytest.MonkeyPatch, launcher: str, native: bool,
+                                                   expected: str) -> None:
+    # `accelerate launch --mixed_precision X` exports ACCELERATE_MIXED_PRECISION=X to every process; it exports
+    # "no" also when nothing was asked, so "no" leaves the choice to the native-bf16 rule.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    monkeypatch.setattr(config_module, "cpu_has_native_bf16", lambda: native)
+    assert resolve_mixed_precision("auto", "cpu") == expected
+    for explicit in ("no", "bf16", "fp16"):  # the config wins
+        assert resolve_mixed_precision(explicit, "cpu") == explicit
+
+
+def test_budget_fields_are_range_checked() -> None:
+    for key, value in [("max_steps", 0), ("num_evals", 0), ("time_budget_min", 0), ("budget_safety", 1.5),
+                       ("eval_every_steps", -1), ("budget_probe_steps", 0)]:
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            load_config(Experiment, None, ["data.root=/d", f"train.{key}={value}"])
+    train = load_config(Experiment, None, ["data.root=/d", "train.time_budget_min=15", "train.num_evals=8",
+                                           "train.log_with=[tensorboard]"]).train
+    assert (train.time_budget_min, train.num_evals, train.log_with, train.max_steps) == (15.0, 8, ["tensorboard"], None)
