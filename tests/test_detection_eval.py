@@ -328,7 +328,7 @@ def test_draw_detections_shows_only_boxes_above_the_threshold(tmp_path: Path) ->
     torch.testing.assert_close(gt, torch.tensor([[15.0, 10.0, 45.0, 30.0]]))
     paths = save_overlays([pixels, image], [{"boxes": boxes, "labels": torch.tensor([0, 1]),
                                              "scores": torch.tensor([0.9, 0.8])}] * 2,
-                          tmp_path / "overlays", ["a", "b"], gt_boxes=[gt, gt[:0]])
+                          tmp_path / "overlays", ["a", "b"], gt_boxes=[gt, gt[:0]], min_long_side=0)
     assert [p.name for p in paths] == ["overlay_000.png", "overlay_001.png"]
     written = np.asarray(Image.open(paths[0]))
     assert written.shape == (40, 60, 3)

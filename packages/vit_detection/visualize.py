@@ -6,6 +6,7 @@ Predicted boxes get one colour per class; ground truth, when given, is drawn in 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +16,12 @@ from PIL import Image
 from torchvision.ops import box_convert
 from torchvision.utils import draw_bounding_boxes
 
-__all__ = ["class_colors", "denormalize", "draw_detections", "save_overlays", "target_boxes_xyxy"]
+__all__ = ["MIN_LONG_SIDE", "class_colors", "denormalize", "draw_detections", "save_overlays", "target_boxes_xyxy",
+           "upscale_factor"]
+
+# Overlays are drawn at least this large on their long side: a 64-px scene is unreadable as a
+# file, and captions drawn at its own size would cover it.
+MIN_LONG_SIDE = 400
 
 # Matplotlib's "tab10" colours, repeated for more classes: distinct on photos and on dark scenes.
 _TAB10: tuple[tuple[int, int, int], ...] = (
@@ -42,6 +48,11 @@ def target_boxes_xyxy(boxes: torch.Tensor, size: Sequence[int] | torch.Tensor) -
     height, width = (int(v) for v in size)
     scale = torch.tensor([width, height, width, height], dtype=torch.float32)
     return box_convert(boxes.detach().float().cpu().reshape(-1, 4), in_fmt="cxcywh", out_fmt="xyxy") * scale
+
+
+def upscale_factor(height: int, width: int, min_long_side: int = MIN_LONG_SIDE) -> int:
+    """The smallest whole factor that brings the long side of an image to at least `min_long_side` (1 if it is)."""
+    return max(1, math.ceil(min_long_side / max(height, width, 1)))
 
 
 def draw_detections(
@@ -101,8 +112,13 @@ def save_overlays(
     score_threshold: float = 0.5,
     names: Sequence[str] | None = None,
     gt_boxes: Sequence[torch.Tensor] | None = None,
+    min_long_side: int = MIN_LONG_SIDE,
 ) -> list[Path]:
     """Write one PNG per image with its detections drawn (`draw_detections`).
+
+    Small images are first enlarged by a whole factor (`upscale_factor`, nearest neighbour, so
+    pixels stay sharp squares) until the long side is at least `min_long_side`; boxes and
+    captions are then drawn at that size, where they are legible.
 
     Args:
         images: uint8 (3, H_i, W_i) RGB images (e.g. `denormalize` of the unpadded inputs).
@@ -113,6 +129,7 @@ def save_overlays(
         score_threshold: lowest score drawn.
         names: file stems (default ``overlay_000``, ``overlay_001``, ...).
         gt_boxes: optional ground truth per image, absolute xyxy (`target_boxes_xyxy`).
+        min_long_side: enlarge images whose long side is shorter (0 keeps every image's size).
 
     Returns:
         The written paths.
@@ -127,9 +144,16 @@ def save_overlays(
     output_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (image, prediction) in enumerate(zip(images, predictions, strict=True)):
+        factor = upscale_factor(image.shape[-2], image.shape[-1], min_long_side) if min_long_side else 1
+        truth = None if gt_boxes is None else gt_boxes[i]
+        boxes = prediction["boxes"]
+        if factor > 1:
+            image = image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)  # nearest neighbour
+            boxes = boxes.detach().float() * factor
+            truth = None if truth is None else truth.detach().float() * factor
         drawn = draw_detections(
-            image, prediction["boxes"], prediction["labels"], prediction.get("scores"), class_names,
-            score_threshold, gt_boxes=None if gt_boxes is None else gt_boxes[i],
+            image, boxes, prediction["labels"], prediction.get("scores"), class_names,
+            score_threshold, gt_boxes=truth,
         )
         path = output_dir / f"{names[i] if names is not None else f'overlay_{i:03d}'}.png"
         # PIL, not torchvision.io: torchvision 0.29 deprecates its image encoders.
