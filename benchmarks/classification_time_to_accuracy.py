@@ -1,6 +1,6 @@
 """Fashion-MNIST time to accuracy under a CPU budget: the demo recipe with our ViT, then with timm's.
 
-Trains `configs/classification/fashion_mnist_cpu.yaml` through `tasks/classify.py`'s code path
+Trains the demo recipe through `tasks/classify.py`'s code path
 (`ClassificationTask` + `vit_training.loop.fit`: data loading, augmentation, evaluations and
 checkpoints all count in the wall time), evaluating on the 10,000 test images after every epoch,
 and prints for each backbone:
@@ -9,13 +9,13 @@ and prints for each backbone:
     training, evaluations included, and
   * test top-1 of the last evaluation inside the budget (`--minutes`, 15 by default).
 
-The benchmark is ONE run per backbone: the cosine schedule spans the whole budget, so the 90%
-must be reached on the way, not by a separate short run. The schedule must know its length
-before the first step, so the number of epochs is planned from the machine's own speed: a probe
-times `--probe-steps` optimizer steps of the recipe on real augmented batches (loading included)
-and a slice of the evaluation, and the run gets the most epochs whose training plus evaluations
-fill `SAFETY` of the budget. The probe (~8 s) is reported and not counted. Both backbones train
-the planned epochs, so they do the same work. `--epochs N` skips the probe.
+The benchmark is ONE run per backbone of the shipped budget config
+`configs/classification/fashion_mnist_15min.yaml` (the demo recipe with `train.time_budget_min`):
+the training loop plans the run itself (`vit_training.budget`: it times its own first steps and
+an evaluation of a few batches, plans the optimizer steps that fill `train.budget_safety` of the
+budget, lays the cosine schedule over them and stops hard at the budget), so the 90% must be
+reached on the way, not by a separate short run. The timm run then trains exactly the steps our
+run took (`train.max_steps`), so both do the same work. `--epochs N` trains N epochs instead.
 
 The peer is timm's `VisionTransformer` with our model's architecture (read from the built model,
 so config overrides apply to both; a conv stem becomes timm's `ConvStem` inside timm's
@@ -31,6 +31,7 @@ two runs are compared side by side, and it trains about 1.45x slower.
 Usage:
     python benchmarks/classification_time_to_accuracy.py                      # both, 15 min each
     python benchmarks/classification_time_to_accuracy.py --only ours          # ours only
+    python benchmarks/classification_time_to_accuracy.py --minutes 5 --only ours
     python benchmarks/classification_time_to_accuracy.py --epochs 2 --only ours model.backbone.depth=2
 """
 
@@ -52,27 +53,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import timm  # noqa: E402
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
-from budget_probe import median_step_seconds  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from timm.layers import HybridEmbed  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from vit_backbone import ConvStemEmbed, PatchEmbed, VisionTransformer  # noqa: E402
 from vit_backbone.conv_stem import conv_stem_layers  # noqa: E402
 from vit_classification.config import ClassificationConfig  # noqa: E402
 from vit_classification.task import ClassificationTask  # noqa: E402
 from vit_training import load_config  # noqa: E402
+from vit_training.budget import PLAN_FILE  # noqa: E402
 from vit_training.loop import fit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "classification" / "fashion_mnist_cpu.yaml"
-# Share of the budget the planned run fills: step times drift by up to ~10% within a run while the
-# other core changes load, and the checkpoint saved after each epoch is not in the probe. The probe's
-# median also varies from run to run: on an idle machine (2026-11-29, 2 threads) it read 142 ms for a
-# run whose steps then took ~145 ms, and 124 ms with flips on for steps that took ~150 ms (it would
-# have planned 13 epochs, ~17 min). Hence 30 probe steps by default rather than 10.
-SAFETY = 0.92
-WARMUP_STEPS = 3  # probe steps not timed (first-touch allocations, oneDNN kernel selection)
-EVAL_PROBE_BATCHES = 8  # evaluation batches the probe times (of about 80 at batch 128)
+CONFIG = ROOT / "configs" / "classification" / "fashion_mnist_15min.yaml"
 
 
 def timm_peer(ours: VisionTransformer, drop_path_rate: float, drop_rate: float) -> torch.nn.Module:
@@ -110,51 +102,8 @@ class TimmBackboneTask(ClassificationTask):
         return timm_peer(super().build_model(), model.drop_path_rate, model.drop_rate)
 
 
-def probe_costs(task: ClassificationTask, steps: int) -> tuple[float, float]:
-    """(seconds per optimizer step, seconds per evaluation of the whole test set) of the task's recipe.
-
-    A throwaway model takes `steps` timed optimizer steps (after `WARMUP_STEPS` untimed ones) on
-    real augmented batches, loading included (the median is taken), then classifies
-    `EVAL_PROBE_BATCHES` evaluation batches, loading included (scaled to the whole set). `fit`
-    reseeds everything when it starts, so the probe does not change the measured run.
-    """
-    config = task.config
-    model = task.build_model()
-    train_set, eval_set = task.build_datasets()
-    if eval_set is None:
-        raise ValueError(f"{CONFIG}: the recipe names no evaluation set")
-    def probe_loader() -> DataLoader:  # the same batch order every time it is built
-        return DataLoader(train_set, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
-                          generator=torch.Generator().manual_seed(0))
-
-    if getattr(train_set, "cache", None) is not None:
-        # With data.cache_samples only the first epoch runs the pipeline: read the probe's batches
-        # once untimed, so the timed steps load as epochs 2..N do. The first epoch's extra loading
-        # is left to SAFETY.
-        for _batch, _ in zip(probe_loader(), range(WARMUP_STEPS + steps), strict=False):
-            pass
-    step_s = median_step_seconds(task, model, probe_loader(), config, steps, WARMUP_STEPS)
-    model.eval()
-    eval_loader = DataLoader(eval_set, batch_size=config.train.batch_size, shuffle=False)
-    timed = 0
-    start = time.perf_counter()
-    with torch.no_grad():
-        for images, _labels, _indices in eval_loader:
-            model(images)
-            timed += 1
-            if timed == EVAL_PROBE_BATCHES:
-                break
-    eval_s = (time.perf_counter() - start) / timed * len(eval_loader)
-    return step_s, eval_s
-
-
-def plan_epochs(budget_s: float, epoch_s: float, eval_s: float) -> int:
-    """The most epochs (at least 1) whose training and one evaluation each take at most `budget_s` seconds."""
-    return max(1, int(budget_s // (epoch_s + eval_s)))
-
-
 def run(name: str, task_class: type[ClassificationTask], overrides: list[str], budget_s: float) -> dict[str, Any]:
-    """Train one backbone with `fit` and read its evaluations back from metrics.jsonl."""
+    """Train one backbone with `fit` on the budget config and read its evaluations back from metrics.jsonl."""
     AcceleratorState._reset_state(reset_partial_state=True)
     output_dir = Path(tempfile.mkdtemp(prefix=f"fmnist_{name}_"))
     config = load_config(ClassificationConfig, CONFIG, [*overrides, f"train.output_dir={output_dir}"])
@@ -163,66 +112,68 @@ def run(name: str, task_class: type[ClassificationTask], overrides: list[str], b
     total = time.perf_counter() - start
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = [record for record in records if record["split"] == "eval"]
+    steps = max((record["step"] for record in records), default=0)
+    plan_file = output_dir / PLAN_FILE
+    plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
     inside = [record for record in evals if record["time_s"] <= budget_s]
-    return {"name": name, "epochs": config.train.epochs, "wall_s": total, "evals": evals,
+    return {"name": name, "steps": steps, "wall_s": total, "evals": evals, "plan": plan,
             "last_inside": inside[-1] if inside else None}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=15.0,
-                        help="the CPU budget per backbone: epochs are planned to fit it (default 15)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="the wall budget per backbone (default: the config's train.time_budget_min, 15)")
     parser.add_argument("--epochs", type=int, default=None,
-                        help="train exactly this many epochs instead of planning them from the budget")
+                        help="train exactly this many epochs instead of planning the run from the budget")
     parser.add_argument("--only", choices=["ours", "timm"], default=None, help="run one backbone only")
     parser.add_argument("--target", type=float, default=0.90, help="test top-1 target (default 0.90)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--probe-steps", type=int, default=30, help="timed optimizer steps of the probe (default 30)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, e.g. model.backbone.depth=4")
     args = parser.parse_args(argv)
-    if args.minutes <= 0 or args.threads < 1 or args.probe_steps < 1 or (args.epochs is not None and args.epochs < 1):
-        parser.error("--minutes must be > 0; --threads, --probe-steps and --epochs >= 1")
+    if (args.minutes is not None and args.minutes <= 0) or args.threads < 1 or (args.epochs is not None and args.epochs < 1):
+        parser.error("--minutes must be > 0; --threads and --epochs >= 1")
 
     torch.set_num_threads(args.threads)
-    budget_s = args.minutes * 60
-    print(f"classification benchmark {time.strftime('%Y-%m-%d %H:%M')}: torch {torch.__version__}, timm "
-          f"{timm.__version__}, {torch.get_num_threads()} thread(s), cpu {torch.backends.cpu.get_cpu_capability()}, "
-          f"{CONFIG.relative_to(ROOT)} {' '.join(args.overrides)}".rstrip(), flush=True)
     overrides = list(args.overrides)
+    if args.minutes is not None:
+        overrides.append(f"train.time_budget_min={args.minutes}")
     if args.epochs is not None:
-        epochs = args.epochs
-    else:
-        task = ClassificationTask(load_config(ClassificationConfig, CONFIG, overrides))
-        start = time.perf_counter()
-        step_s, eval_s = probe_costs(task, args.probe_steps)
-        steps_per_epoch = len(task.build_train_dataset()) // task.config.train.batch_size
-        epoch_s = step_s * steps_per_epoch
-        epochs = plan_epochs(SAFETY * budget_s, epoch_s, eval_s)
-        print(f"probe ({time.perf_counter() - start:.0f} s): {step_s * 1000:.0f} ms per step of "
-              f"{task.config.train.batch_size} images, {steps_per_epoch} steps = {epoch_s:.0f} s per epoch, "
-              f"{eval_s:.1f} s per evaluation -> {epochs} epochs planned for {SAFETY:.0%} of {args.minutes:g} min",
-              flush=True)
-    overrides.append(f"train.epochs={epochs}")
+        overrides += ["train.time_budget_min=null", f"train.epochs={args.epochs}"]
+    recipe = load_config(ClassificationConfig, CONFIG, overrides).train
+    minutes = recipe.time_budget_min or args.minutes or 15.0
+    budget_s = minutes * 60
+    print(f"classification benchmark: torch {torch.__version__}, timm {timm.__version__}, "
+          f"{torch.get_num_threads()} thread(s), cpu {torch.backends.cpu.get_cpu_capability()}, "
+          f"{CONFIG.relative_to(ROOT)} {' '.join(overrides)}".rstrip(), flush=True)
 
     runs = []
     for name, task_class in (("ours", ClassificationTask), ("timm", TimmBackboneTask)):
         if args.only and name != args.only:
             continue
-        outcome = run(name, task_class, overrides, budget_s)
+        run_overrides = list(overrides)
+        if runs and runs[0]["plan"] is not None:
+            # the peer trains the steps our run planned, on the same schedule: the same work
+            run_overrides += ["train.time_budget_min=null", f"train.max_steps={runs[0]['steps']}"]
+        outcome = run(name, task_class, run_overrides, budget_s)
         runs.append(outcome)
+        if outcome["plan"] is not None:
+            plan = outcome["plan"]
+            print(f"  {name}: plan {plan['total_steps']} steps at {plan['step_s'] * 1000:.0f} ms, "
+                  f"~{plan['eval_s']:.1f} s per evaluation, for {plan['safety']:.0%} of {minutes:g} min", flush=True)
         for record in outcome["evals"]:
-            print(f"  {name}: epoch {record['epoch'] + 1:>2}  {record['time_s'] / 60:6.2f} min  "
+            print(f"  {name}: epoch {record['epoch'] + 1:>2}  step {record['step']:>5}  {record['time_s'] / 60:6.2f} min  "
                   f"test top-1 {record['top1']:.4f}", flush=True)
 
-    print(f"\n{'backbone':<9}{'epochs':>7}{'wall min':>10}{'min to ' + format(args.target, '.0%'):>12}"
-          f"{'top-1 in ' + format(args.minutes, 'g') + ' min':>17}")
+    print(f"\n{'backbone':<9}{'steps':>7}{'wall min':>10}{'min to ' + format(args.target, '.0%'):>12}"
+          f"{'top-1 in ' + format(minutes, 'g') + ' min':>17}")
     for outcome in runs:
         reached = next((r["time_s"] for r in outcome["evals"] if r["top1"] >= args.target), None)
         outcome["time_to_target_s"] = reached
         shown = f"{reached / 60:.2f}" if reached is not None else "not reached"
         last = outcome["last_inside"]
         final = f"{last['top1']:.4f}" if last is not None else "none inside"
-        print(f"{outcome['name']:<9}{outcome['epochs']:>7}{outcome['wall_s'] / 60:>10.2f}{shown:>12}{final:>17}")
+        print(f"{outcome['name']:<9}{outcome['steps']:>7}{outcome['wall_s'] / 60:>10.2f}{shown:>12}{final:>17}")
     if len(runs) == 2 and runs[0]["time_to_target_s"] and runs[1]["time_to_target_s"]:
         print(f"time to {args.target:.0%}: timm / ours = {runs[1]['time_to_target_s'] / runs[0]['time_to_target_s']:.2f}x")
     if len(runs) == 2:
