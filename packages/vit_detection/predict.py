@@ -18,6 +18,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from vit_training.data import list_images
 from vit_training.loop import load_weights_for_inference
 
 from .config import DetectionConfig
@@ -28,30 +29,7 @@ from .task import resolve_config
 from .transforms import build_detection_transforms
 from .visualize import save_overlays
 
-__all__ = ["IMAGE_EXTENSIONS", "add_predict_arguments", "list_images", "predict_images", "run_predict",
-           "write_predictions_json"]
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def list_images(paths: Sequence[Path]) -> list[Path]:
-    """Image files given directly, or found (recursively, sorted, by `IMAGE_EXTENSIONS`) in folders.
-
-    Raises:
-        FileNotFoundError: a path does not exist, or a folder holds no image.
-    """
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise FileNotFoundError(f"{path}: folder holds no image ({' '.join(IMAGE_EXTENSIONS)})")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such image file or folder")
-    return files
+__all__ = ["add_predict_arguments", "predict_images", "run_predict", "write_predictions_json"]
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 A NIfTI file (.nii, .nii.gz) is normalised as ``data.modality`` says (CT window or MR
 percentiles), sliced along ``data.axis`` and written back as ``<name>_labels.nii.gz`` with the
-input's affine; a PNG/JPEG image is read as grey in [0, 1] (`read_grey_image`) and written as
+input's affine; a PNG/JPEG image is read as grey in [0, 1] (`vit_training.data.read_grey`) and written as
 ``<name>_labels.png`` (pixel value = class index). Each input also gets ``<name>_overlay.png``.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vit_training.data import IMAGE_EXTENSIONS, read_grey
 from vit_training.loop import load_weights_for_inference
 
 from .config import SegmentationConfig
@@ -22,11 +23,9 @@ from .model import build_transunet
 from .task import predict_volume, resolve_config
 from .visualize import overlay_slice_indices, save_overlays
 
-__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "add_predict_arguments", "input_kind", "read_grey_image",
-           "run_predict"]
+__all__ = ["NIFTI_SUFFIXES", "add_predict_arguments", "input_kind", "run_predict"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def input_kind(path: Path) -> str:
@@ -38,39 +37,18 @@ def input_kind(path: Path) -> str:
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
-    if name.endswith(IMAGE_SUFFIXES):
+    if name.endswith(IMAGE_EXTENSIONS):
         return "image"
-    nifti, images = ", ".join(NIFTI_SUFFIXES), ", ".join(IMAGE_SUFFIXES)
+    nifti, images = ", ".join(NIFTI_SUFFIXES), ", ".join(IMAGE_EXTENSIONS)
     raise ValueError(f"{path}: not a NIfTI ({nifti}) or image ({images}) file")
 
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES):
+    for suffix in (*NIFTI_SUFFIXES, *IMAGE_EXTENSIONS):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
-
-
-def read_grey_image(path: Path) -> np.ndarray:
-    """A PNG/JPEG/... file as a float32 (H, W) grey slice in [0, 1] (8-bit and 16-bit images).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a readable image.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float32)
-                return array / 65535.0 if image.mode.startswith("I;16") else array / max(float(array.max()), 1.0)
-            return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"{path}: not a readable image ({error})") from error
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +82,7 @@ def run_predict(args: argparse.Namespace, config: SegmentationConfig, weights: P
             save_overlays(output / f"{stem}_overlay.png", volume.image[indices], labels[indices], names,
                           titles=[f"{stem} slice {index}" for index in indices])
         else:
-            image = read_grey_image(path)
+            image = read_grey(path)
             labels = predict_volume(model, image, data.input_size, data.interpolation)
             target = output / f"{stem}_labels.png"
             Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
