@@ -3,7 +3,8 @@
 Typed configs (`config`), AdamW parameter groups with layer-wise lr decay (`optim`) and
 learning-rate schedules counted in optimizer steps (`schedule`). Imports `vit_backbone`,
 never a task package. `loop.fit` trains any `task.Task`; `cli` is the one command line of
-every task (`TaskCommands`, `run_task`, the ``vitasks`` console script).
+every task (`TaskCommands`, `run_task`, the ``vitasks`` console script); `data` holds the data
+helpers every task shares (image and IDX readers, image listing, fixed subsets).
 """
 
 # ruff: noqa: E402
