@@ -186,6 +186,8 @@ def test_a_flat_yaml_fails_on_one_line_with_the_hint(tmp_path: Path) -> None:
         ({"preset": "vit_base_r50_s16", "hybrid_layers": [1, 1], "patch_size": 16},
          "patch_size=16 must equal the stride 8 of hybrid_layers"),
         ({"embed_dim": 30, "num_heads": 4}, "embed_dim=30 must be divisible by num_heads=4"),
+        ({"preset": "vit_base_r50_s16", "patch_size": 8}, "patch_size=8 must equal the stride 16 of preset"),
+        ({"preset": "vit_tiny_patch16", "img_size": [224, 100]}, r"img_size=\[224, 100\] is not divisible by the patch size 16"),
     ],
 )
 def test_backbone_config_checks_its_own_fields(kwargs: dict, message: str) -> None:

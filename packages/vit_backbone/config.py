@@ -221,9 +221,18 @@ class BackboneConfig:
                 f"patch_size={self.patch_size} must equal the stride {stride} of hybrid_layers="
                 f"{self.hybrid_layers} (4 * 2 ** (stages - 1)), or be null to take it",
             )
-        embed_dim, num_heads = self.architecture()["embed_dim"], self.architecture()["num_heads"]
-        _check(embed_dim % num_heads == 0,
-               f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        arch = self.architecture()
+        _check(arch["embed_dim"] % arch["num_heads"] == 0,
+               f"embed_dim={arch['embed_dim']} must be divisible by num_heads={arch['num_heads']}")
+        if arch.get("hybrid_layers") is not None:
+            stride = _hybrid_stride(arch["hybrid_layers"])
+            _check(arch["patch_size"] == stride,
+                   f"patch_size={arch['patch_size']} must equal the stride {stride} of preset {self.preset!r}'s "
+                   "hybrid CNN, or be null to take it")
+        if size is not None:  # a null size is the task's input size, filled in (and checked) later
+            sides = (size, size) if isinstance(size, int) else tuple(size)
+            _check(all(side % arch["patch_size"] == 0 for side in sides),
+                   f"img_size={size} is not divisible by the patch size {arch['patch_size']}")
         grid = self.pretrained_grid
         _check(grid is None or (len(grid) == 2 and min(grid) >= 1),
                f"pretrained_grid={grid} must be [h, w] patches (or null for a square grid)")
