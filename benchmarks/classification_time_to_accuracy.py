@@ -98,8 +98,8 @@ class TimmBackboneTask(ClassificationTask):
     """The same task with timm's VisionTransformer in our model's place (same architecture, same initial weights)."""
 
     def build_model(self) -> torch.nn.Module:
-        model = self.config.model.backbone
-        return timm_peer(super().build_model(), model.drop_path_rate, model.drop_rate)
+        backbone = self.config.model.backbone
+        return timm_peer(super().build_model(), backbone.drop_path_rate, backbone.drop_rate)
 
 
 def run(name: str, task_class: type[ClassificationTask], overrides: list[str], budget_s: float) -> dict[str, Any]:
