@@ -198,6 +198,10 @@ def test_backbone_config_checks_its_own_fields(kwargs: dict, message: str) -> No
 def test_backbone_config_errors_carry_the_dotted_path_when_loaded() -> None:
     with pytest.raises(ConfigError, match=r"model\.backbone\.depth=0 must be >= 1"):
         load_config(ClassificationConfig, None, ["model.backbone.depth=0"])
+    with pytest.raises(ConfigError, match=r"model\.backbone\.global_pool='none' gives one prediction per token"):
+        load_config(ClassificationConfig, None, ["model.backbone.global_pool=none"])
+    with pytest.raises(ConfigError, match=r"model\.backbone\.in_chans=1 must be 3 \(detection reads RGB images\)"):
+        load_config(DetectionConfig, None, ["model.backbone.in_chans=1"])
     with pytest.raises(ConfigError, match=r"model\.backbone\.attn_kernel: 'flash' is not one of auto, sdpa, manual"):
         load_config(DetectionConfig, None, ["model.backbone.attn_kernel=flash"])
 

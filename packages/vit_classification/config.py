@@ -54,6 +54,8 @@ class ModelConfig:
                f"num_classes={self.num_classes} must be >= 1 (or null for the data's class count)")
         _check(self.backbone.in_chans in (None, 1, 3),
                f"backbone.in_chans={self.backbone.in_chans} must be 1 or 3 (or null)")
+        _check(self.backbone.global_pool != "none",
+               "backbone.global_pool='none' gives one prediction per token; a classifier pools: 'token' or 'avg'")
 
 
 @dataclass
