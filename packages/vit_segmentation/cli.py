@@ -98,6 +98,7 @@ COMMANDS = TaskCommands(
     ),
     inference_model=_inference_model,
     evaluate_files=("per_case_<mode>.csv", "summary.txt"),
+    evaluate_record=lambda task: {"metric_mode": task.config.eval.metric_mode},
     unit="cases",
     extra_commands=(PREPARE,),
     examples=EXAMPLES,

@@ -157,7 +157,7 @@ exit status:
   0  done
   1  a missing or unreadable file (data, weights, images) or invalid data: one line on stderr
   2  a config error (unknown key, wrong type or value, no such config) or a bad command line
-  --debug (before the task's command) shows the full traceback instead of the one line
+  --debug shows the full traceback instead of the one line
 """
 
 # A predict handler: (parsed arguments, the loaded config, the weights file, the device) -> exit status.
@@ -204,6 +204,8 @@ class TaskCommands:
         evaluate_files: the files the task's `Task.evaluate` writes, named in messages and help.
         evaluate_options: extra keyword arguments of the task's `Task.evaluate` for ``evaluate``,
             given its output folder (e.g. a predictions file).
+        evaluate_record: extra fields of ``evaluate``'s metrics.json, given the task (e.g. the
+            metric convention its config chose).
         unit: what the evaluation set counts ("images", "cases"), in messages and metrics.json.
         extra_commands: the task's own subcommands.
         examples: the task's ``--help`` epilog.
@@ -224,6 +226,7 @@ class TaskCommands:
     inference_model: Callable[[Task], nn.Module] | None = None
     evaluate_files: Sequence[str] = ()
     evaluate_options: Callable[[Path], dict[str, Any]] | None = None
+    evaluate_record: Callable[[Task], dict[str, Any]] | None = None
     unit: str = "samples"
     extra_commands: Sequence[SubCommand] = ()
     examples: str = ""
@@ -344,7 +347,8 @@ def _evaluate(spec: TaskCommands, args: argparse.Namespace) -> int:
     options = spec.evaluate_options(output_dir) if spec.evaluate_options is not None else {}
     metrics = evaluate_weights(task, task.config, weights, output_dir, model=model, eval_set=eval_set, **options)
     if _is_main_process():
-        record = {"weights": str(weights), spec.unit: len(eval_set), **metrics}
+        extra = spec.evaluate_record(task) if spec.evaluate_record is not None else {}
+        record = {"weights": str(weights), spec.unit: len(eval_set), **extra, **metrics}
         (output_dir / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"{len(eval_set)} {spec.unit}: {spec.headline(metrics)}")
         print(f"wrote {', '.join(['metrics.json', *spec.evaluate_files])} to {output_dir}")
