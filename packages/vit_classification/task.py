@@ -1,4 +1,4 @@
-"""The classification Task that `vit_training.loop.fit` runs, and single-image prediction.
+"""The classification Task that `vit_training.loop.fit` runs (prediction on files: `vit_classification.predict`).
 
 The data sets, their normalisation and `resolve_config` live in `vit_classification.data`, the
 pictures in `vit_classification.visualize`.
@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from vit_training.task import Task
 
 from .config import ClassificationConfig
-from .data import AugmentedSamples, list_images, open_split, read_image, resolve_config, subset_indices
+from .data import AugmentedSamples, open_split, resolve_config, subset_indices
 from .metrics import ClassificationMeter, write_predictions_csv
 from .model import build_classifier
 from .transforms import (
@@ -52,7 +50,7 @@ from .visualize import save_confusion_matrix_png, save_prediction_grid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ClassificationTask", "predict_images"]
+__all__ = ["ClassificationTask"]
 
 
 # ------------------------------------------------------------------------------------------ task
@@ -305,65 +303,3 @@ class ClassificationTask(Task):
         pictures = (images.float().cpu() * std + mean).clamp(0, 1)
         save_prediction_grid(pictures, probs, labels.cpu(), self.class_names, Path(output_dir) / "predictions.png")
 
-
-# ------------------------------------------------------------------------------------------ predict
-@torch.no_grad()
-def predict_images(
-    model: nn.Module,
-    paths: Sequence[str | os.PathLike],
-    cfg: ClassificationConfig,
-    device: torch.device | str,
-    batch_size: int = 64,
-    class_names: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Classify image files (or every image in given folders) with the evaluation transform.
-
-    Images are read like `ImageFolderDataset` reads them (`data.read_image`: any PIL mode,
-    converted to `data.channels`, transparency over `data.background`).
-
-    Args:
-        model: the classifier (moved to `device` here, put in eval mode).
-        paths: image files and/or folders.
-        cfg: the resolved config (`resolve_config`) the model was trained with.
-        device: where to run.
-        batch_size: images per forward pass.
-        class_names: index = label; default `cfg.data.class_names`, else "0", "1", ...
-
-    Returns:
-        one dict per image, in the order found: {"sample": path, "predicted_index",
-        "predicted_name", "score" (probability), "top5": [(name, probability), ...]}, the keys of
-        `metrics.write_predictions_csv`.
-
-    Raises:
-        FileNotFoundError: a path is missing or a folder holds no image.
-        ValueError: a file is not a readable image (one line naming it).
-    """
-    data = cfg.data
-    if data.mean is None or data.std is None:
-        raise ValueError("predict_images needs a resolved config (data.mean / data.std set): use resolve_config")
-    transform = build_eval_transform(
-        data.input_size, data.channels, data.mean, data.std, crop_pct=data.crop_pct, interpolation=data.interpolation
-    )
-    files = list_images(paths)
-    model = model.to(device).eval()
-    results: list[dict[str, Any]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        images = torch.stack([transform(read_image(path, data.channels, data.background)) for path in chunk])
-        probs = model(images.to(device)).float().softmax(dim=1).cpu()
-        if class_names is not None:
-            names = list(class_names)
-        elif data.class_names is not None:
-            names = list(data.class_names)
-        else:
-            names = [str(index) for index in range(probs.shape[1])]
-        order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :5]
-        for path, row, best in zip(chunk, probs, order, strict=True):
-            results.append({
-                "sample": str(path),
-                "predicted_index": int(best[0]),
-                "predicted_name": names[int(best[0])],
-                "score": float(row[best[0]]),
-                "top5": [(names[int(c)], float(row[c])) for c in best],
-            })
-    return results
