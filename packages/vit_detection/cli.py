@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vit_training.cli import SubCommand, TaskCommands
+from vit_training.cli import SubCommand, TaskCommands, format_metrics
 
 from .config import DetectionConfig
 from .predict import add_predict_arguments, run_predict
@@ -43,11 +42,6 @@ def _inference_model(task: Any) -> Any:
     from .model import build_detector
 
     return build_detector(task.config.model, load_weights=False)
-
-
-def headline(metrics: Mapping[str, float]) -> str:
-    """COCO box AP: ``AP 0.4430  AP50 0.6880  AP75 0.4900 ...`` (every metric the evaluation returns)."""
-    return "  ".join(f"{key} {value:.4f}" for key, value in metrics.items())
 
 
 def _add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +89,7 @@ COMMANDS = TaskCommands(
     config_schema=DetectionConfig,
     config_folder="detection",
     build_task=_build_task,
-    headline=headline,
+    headline=format_metrics,  # COCO box AP: AP 0.4430  AP50 0.6880  AP75 0.4900 ...
     predict=run_predict,
     add_predict_arguments=add_predict_arguments,
     predict_help="detect objects in image files or folders",
