@@ -74,6 +74,12 @@ def test_the_three_tasks_are_registered() -> None:
         assert shipped_config_names(spec), spec.name
 
 
+def test_every_task_package_registers_its_commands() -> None:
+    """Each package under packages/ other than the shared two is a task with a registered command line."""
+    packages = {p.name for p in (ROOT / "packages").iterdir() if (p / "__init__.py").exists()}
+    assert {spec.package for spec in TASKS.values()} == packages - {"vit_backbone", "vit_training"}
+
+
 @pytest.mark.parametrize("name", sorted(CPU_CONFIGS))
 def test_a_config_named_without_a_path_resolves(name: str) -> None:
     spec = TASKS[name]
