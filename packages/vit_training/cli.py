@@ -407,8 +407,7 @@ def add_task_commands(parser: argparse.ArgumentParser, spec: TaskCommands, prog:
             "Train with the config's data, model and recipe. The run folder (train.output_dir) gets config.yaml "
             "(the resolved config), checkpoints/, the metric logs and curves, the task's evaluation files and "
             "model.safetensors."
-        ) + f"\n\nexample:\n  {prog} train --config {(shipped_config_names(spec) or ['CONFIG'])[0]} "
-            "train.epochs=1 train.output_dir=runs/try",
+        ) + f"\n\nexample:\n  {prog} train --config NAME train.epochs=1 train.output_dir=runs/try",
     )
     train.add_argument("--config", required=True, metavar="PATH|NAME",
                        help="YAML config: a path, or the name of a shipped config (" +
@@ -444,7 +443,7 @@ def add_task_commands(parser: argparse.ArgumentParser, spec: TaskCommands, prog:
     spec.add_predict_arguments(predict)
     predict.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
     predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.sub=value",
-                         help="a config override (repeatable), e.g. --set data.input_size=224")
+                         help="a config override (repeatable), e.g. --set train.seed=1")
     _common(predict)
     predict.set_defaults(run=lambda args: _predict(spec, args))
 
