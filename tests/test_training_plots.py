@@ -16,7 +16,8 @@ from vit_training.plots import curves_figure, panel_of, plot_curves
 
 def detection_records() -> list[dict]:
     train = [{"split": "train", "step": step, "epoch": 0, "time_s": 0.1 * step, "loss": 3.0 / step,
-              "loss_ce": 1.0 / step, "loss_bbox": 2.0 / step, "lr": 1e-3, "grad_norm": 0.5} for step in (10, 20, 30)]
+              "loss_ce": 1.0 / step, "loss_bbox": 2.0 / step, "lr": 1e-3, "grad_norm": 0.5,
+              "class_error": 50.0, "cardinality_error": 1.0} for step in (10, 20, 30)]
     evals = [{"split": "eval", "step": step, "epoch": 0, "time_s": 3.0, "AP": 0.1 * i, "AP50": 0.2 * i,
               "AP75": 0.05 * i, "AP_small": -1.0, "AP_medium": 0.1, "AR1": 0.3, "AR10": 0.4, "AR_small": -1.0,
               "loss": math.nan} for i, step in enumerate((15, 30), start=1)]
@@ -26,7 +27,7 @@ def detection_records() -> list[dict]:
 def test_related_scalars_share_a_panel_and_sentinels_are_left_out() -> None:
     figure = curves_figure(detection_records())
     panels = {axis.get_title(): axis for axis in figure.axes if axis.get_title()}
-    assert list(panels) == ["loss", "COCO AP", "COCO AR", "learning rate", "grad_norm"]
+    assert list(panels) == ["loss", "COCO AP", "COCO AR", "learning rate", "errors", "grad_norm"]
     labels = {title: sorted(line.get_label() for line in axis.get_lines()) for title, axis in panels.items()}
     assert labels["loss"] == ["train loss", "train loss_bbox", "train loss_ce"]  # eval loss: NaN only
     assert labels["COCO AP"] == ["eval AP", "eval AP50", "eval AP75", "eval AP_medium"]  # AP_small: -1 only
@@ -39,10 +40,11 @@ def test_related_scalars_share_a_panel_and_sentinels_are_left_out() -> None:
 
 def test_lone_points_are_markers_and_other_tasks_group_too(tmp_path: Path) -> None:
     records = [{"split": "eval", "step": 5, "epoch": 0, "time_s": 1.0, "mean_dice": 0.7, "mean_hd95": 4.0,
-                "dice/frontal": 0.8, "hd95/frontal": 3.0, "standard/mean_dice": 0.72, "top1": 0.9}]
+                "dice/frontal": 0.8, "hd95/frontal": 3.0, "standard/mean_dice": 0.72, "top1": 0.9,
+                "ce": 0.3, "dice_loss": 0.2}]
     figure = curves_figure(records)
     panels = {axis.get_title(): axis for axis in figure.axes if axis.get_title()}
-    assert list(panels) == ["Dice", "Dice per class", "HD95", "HD95 per class", "accuracy"]
+    assert list(panels) == ["loss", "Dice", "Dice per class", "HD95", "HD95 per class", "accuracy"]
     assert sorted(line.get_label() for line in panels["Dice"].get_lines()) == ["eval mean_dice",
                                                                                "eval standard/mean_dice"]
     for axis in panels.values():

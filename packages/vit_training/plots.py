@@ -26,7 +26,8 @@ SKIPPED = {"split", "step", "epoch", "time_s"}
 SENTINEL = -1.0  # COCOeval's value for "no ground truth in this range"
 # (panel title, test on the metric name), first match wins; the order is the panels' order.
 PANELS: list[tuple[str, re.Pattern[str]]] = [
-    ("loss", re.compile(r"loss", re.IGNORECASE)),
+    # the total and its terms: loss_ce, loss_bbox, dice_loss, the segmentation task's "ce"
+    ("loss", re.compile(r"loss|(^|_)ce(_|$)", re.IGNORECASE)),
     ("COCO AP", re.compile(r"^AP")),
     ("COCO AR", re.compile(r"^AR")),
     ("learning rate", re.compile(r"^lr$")),
@@ -35,6 +36,8 @@ PANELS: list[tuple[str, re.Pattern[str]]] = [
     ("HD95", re.compile(r"(^|/)mean_hd95$")),
     ("HD95 per class", re.compile(r"(^|/)hd95/")),
     ("accuracy", re.compile(r"(^|/)(top\d+|acc|accuracy|mean_class_acc)$")),
+    ("errors", re.compile(r"_error$")),
+    ("empty masks left out", re.compile(r"(^|/)excluded/")),
 ]
 
 
