@@ -13,8 +13,8 @@ from .criterion import SetCriterion
 from .data import CocoDetection, collate_detection
 from .detr import DETR
 from .matcher import HungarianMatcher
-from .postprocess import PostProcess
 from .model import build_detector
+from .postprocess import PostProcess
 from .task import DetectionTask
 from .transforms import build_detection_transforms
 
