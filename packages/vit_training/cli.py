@@ -5,7 +5,9 @@ headline, its predict handler and extra subcommands); `run_task` and `main` give
 `train`, `evaluate`, `predict` and ``--print-config`` as every other task, the same config
 lookup (a path, or the name of a shipped config) and the same error policy (`EXIT_CODES`).
 `main`, the ``vitasks`` console script, finds the registered tasks through the entry-point group
-``vitasks.tasks`` (`ENTRY_POINT_GROUP`), so this package never imports a task package.
+``vitasks.tasks`` (`ENTRY_POINT_GROUP`), so this package never imports a task package. The
+environment the commands need (``NO_ALBUMENTATIONS_UPDATE``, ``HF_HUB_OFFLINE``) is set once, by
+importing `vit_training` (its ``__init__``), before timm or any task package is imported.
 
 Also here: the run folder conventions of `vit_training.loop.fit` (``config.yaml`` and
 ``model.safetensors`` beside each other), the ``key.sub=value`` overrides argument, ``--resume``
@@ -538,6 +540,7 @@ def build_parser(tasks: Mapping[str, TaskCommands]) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=spec.description, description=spec.description,
                                   epilog=(spec.examples + "\n" if spec.examples else "") + EXIT_CODES,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         add_task_commands(sub, spec, f"vitasks {name}")
     return parser
 
