@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
+from vit_training.data import subset_indices
 from vit_training.task import Task
 
 from .coco_eval import (
@@ -50,9 +51,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DetectionTask", "data_path", "resolve_config"]
 
-# Seed of the fixed subsets `data.num_train_samples` / `num_eval_samples` pick: independent of
-# train.seed, so runs with different seeds train and evaluate on the same images.
-SUBSET_SEED = 20240601
 # The losses logged per step besides the total (last decoder layer only: the aux ones repeat them).
 # The last decoder layer's terms, and the two-stage encoder proposals' (when the model has them).
 LOGGED_LOSSES = ("loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error",
@@ -110,15 +108,6 @@ def resolve_config(config: DetectionConfig) -> DetectionConfig:
     return dataclasses.replace(config, model=model, data=data, eval=evaluation)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DDP and torch.compile wrappers keep the detector inside.
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
 class _Subset(Dataset):
     """A fixed subset of a `CocoDetection` that passes `set_epoch` through (for augmentation seeds)."""
 
@@ -137,10 +126,8 @@ class _Subset(Dataset):
 
 
 def _subset(dataset: CocoDetection, limit: int | None) -> Dataset:
-    if limit is None or limit >= len(dataset):
-        return dataset
-    chosen = np.sort(np.random.default_rng(SUBSET_SEED).choice(len(dataset), size=limit, replace=False))
-    return _Subset(dataset, chosen)
+    chosen = subset_indices(len(dataset), limit)
+    return dataset if chosen is None else _Subset(dataset, chosen)
 
 
 # ------------------------------------------------------------------------------------------ task
