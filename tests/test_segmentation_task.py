@@ -142,7 +142,7 @@ def test_config_files_load(path: Path) -> None:
 
 
 def test_the_config_files_exist() -> None:
-    assert {p.name for p in CONFIGS} >= {"mri_lobes_cpu.yaml", "synapse_r50_vit_b16.yaml", "nifti_template.yaml"}
+    assert {p.name for p in CONFIGS} >= {"mri_lobes_cpu.yaml", "synapse_r50_vit_b16.yaml", "nifti_folder.yaml"}
 
 
 @pytest.mark.parametrize(

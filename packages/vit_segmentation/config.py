@@ -96,7 +96,11 @@ class DataConfig:
         train_list, test_list: Synapse only: list file names (slice names / case names).
         eval_root: NIfTI only: a second folder (``imagesTr/`` + ``labelsTr/``) to evaluate on.
         eval_cases: NIfTI only: case names of `root` held out of training for evaluation.
-            Without `eval_root` and `eval_cases` training runs without evaluation.
+            Without `eval_root`, `eval_cases` and `val_fraction` training runs without evaluation.
+        val_fraction: NIfTI only: when neither `eval_cases` nor `eval_root` is set, hold out this
+            fraction of the cases of `root` for evaluation (whole cases, drawn with `train.seed`,
+            at least one on each side); training writes the case lists to ``split.json`` in the
+            run folder. 0 holds out nothing.
         class_names: names of the foreground classes 1..model.num_classes-1 (metric columns); None reads
             ``root/classes.txt`` (one name a line) when present, else "class_1", "class_2", ...
         input_size: (height, width) the slices are resized to for the model (training and
@@ -117,6 +121,7 @@ class DataConfig:
     test_list: str = "test_vol.txt"
     eval_root: str | None = None
     eval_cases: list[str] = field(default_factory=list)
+    val_fraction: float = 0.0
     class_names: list[str] | None = None
     input_size: tuple[int, int] = (224, 224)
     interpolation: Interpolation = "bicubic"
@@ -138,7 +143,9 @@ class DataConfig:
             0 <= self.mr_percentiles[0] < self.mr_percentiles[1] <= 100,
             f"mr_percentiles={list(self.mr_percentiles)} must satisfy 0 <= low < high <= 100",
         )
-        nifti_only = [name for name in ("eval_root", "eval_cases") if getattr(self, name)]
+        _check(0 <= self.val_fraction < 1,
+               f"val_fraction={self.val_fraction} must lie in [0, 1) (the fraction of cases held out for evaluation)")
+        nifti_only = [name for name in ("eval_root", "eval_cases", "val_fraction") if getattr(self, name)]
         _check(
             self.format == "nifti" or not nifti_only,
             f"{', '.join(nifti_only)} only apply to format='nifti'; Synapse evaluates the cases of test_list",

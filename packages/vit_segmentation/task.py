@@ -16,6 +16,7 @@ repeats) and summarised identically on every process.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,11 +57,12 @@ from .visualize import overlay_slice_indices, save_overlays
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentationTask", "default_class_names", "predict_volume", "resolve_config"]
+__all__ = ["SegmentationTask", "default_class_names", "predict_volume", "resolve_config", "split_cases"]
 
 CLASSES_FILE = "classes.txt"  # one foreground class name a line, written by `prepare` and by users
 OVERLAY_FILE = "overlays.png"
 SUMMARY_FILE = "summary.txt"
+SPLIT_FILE = "split.json"  # the NIfTI training / evaluation cases of a run, written by training
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -108,6 +110,25 @@ def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
 def _volume_list(volumes: list[Volume]) -> list[Volume]:
     """Evaluation collation: the volumes as they are (they differ in size; no stacking)."""
     return list(volumes)
+
+
+def split_cases(cases: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """(training cases, evaluation cases) of `cases`: a seeded draw of whole cases.
+
+    ``round(val_fraction * len(cases))`` cases, clamped to [1, len(cases) - 1], are held out. The
+    draw depends only on the sorted case names and `seed`, so `evaluate` on the run's saved
+    config finds the same evaluation cases as training did. Both lists come back sorted.
+
+    Raises:
+        ValueError: fewer than two cases (nothing would be left on one side).
+    """
+    names = sorted(cases)
+    if len(names) < 2:
+        raise ValueError(f"data.val_fraction={val_fraction} needs at least 2 cases to split; found {len(names)}")
+    count = min(max(round(val_fraction * len(names)), 1), len(names) - 1)
+    order = np.random.default_rng(seed).permutation(len(names))
+    held_out = {names[i] for i in order[:count]}
+    return [n for n in names if n not in held_out], [n for n in names if n in held_out]
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -225,6 +246,13 @@ class SegmentationTask(Task):
         data = self.config.data
         cases = find_nifti_cases(self._root())
         held_out = set(data.eval_cases)
+        if data.val_fraction > 0 and not held_out and data.eval_root is None:
+            # An explicit data.eval_cases / data.eval_root wins over the drawn split.
+            try:
+                held_out = set(split_cases([case for case, _, _ in cases], data.val_fraction,
+                                           self.config.train.seed)[1])
+            except ValueError as error:
+                raise ValueError(f"data.root={data.root!r}: {error}") from None
         unknown = held_out - {case for case, _, _ in cases}
         if unknown:
             known = ", ".join(case for case, _, _ in cases[:5])
@@ -236,6 +264,26 @@ class SegmentationTask(Task):
         if data.eval_root is not None:
             evaluation += find_nifti_cases(Path(data.eval_root))
         return train, evaluation
+
+    def write_split(self, path: Path) -> None:
+        """Write the NIfTI case lists to `path` (main process only): what trained and what evaluates.
+
+        ``{"source": "val_fraction" | "eval_cases" | "eval_root" | "none", "val_fraction", "seed",
+        "train": [case, ...], "eval": [case, ...]}``; with `eval_root` its cases are listed under "eval".
+        """
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:
+            return
+        data = self.config.data
+        train, evaluation = self._nifti_cases()
+        source = ("eval_cases" if data.eval_cases else "eval_root" if data.eval_root is not None
+                  else "val_fraction" if data.val_fraction > 0 else "none")
+        record = {"source": source, "val_fraction": data.val_fraction, "seed": self.config.train.seed,
+                  "train": [case for case, _, _ in train], "eval": [case for case, _, _ in evaluation]}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        logger.info("%d training and %d evaluation cases (%s) listed in %s", len(train), len(evaluation), source, path)
 
     def _nifti_args(self) -> dict[str, Any]:
         data = self.config.data
@@ -270,6 +318,8 @@ class SegmentationTask(Task):
         """(training slices, evaluation volumes or None)."""
         train = self.build_train_dataset()
         evaluation = self.build_eval_dataset()
+        if self.config.data.format == "nifti":
+            self.write_split(Path(self.config.train.output_dir) / SPLIT_FILE)
         if evaluation is None:
             logger.warning("no evaluation cases (data.eval_cases / data.eval_root): training without evaluation")
         return train, evaluation
