@@ -67,6 +67,7 @@ __all__ = [
     "normalize_mr",
     "read_list",
     "read_nifti_volume",
+    "nifti_label_header",
     "write_nifti_labels",
 ]
 
@@ -527,7 +528,10 @@ def write_nifti_labels(path: str | os.PathLike, labels: np.ndarray, volume: Volu
     """Write an (S, H, W) label map as NIfTI on the grid of ``volume``'s source image.
 
     The S axis is moved back to ``volume.axis`` and the source affine reused, so the file
-    overlays the source image voxel for voxel. A volume without an affine (Synapse h5) gets a
+    overlays the source image voxel for voxel. When ``volume.source`` is a NIfTI file, the
+    output header is built from its header (`nifti_label_header`): qform/sform matrices and
+    codes, intent, description, units and pixdim are kept, so a viewer puts the labels in the
+    same space (e.g. MNI, code 4) as the input. A volume without an affine (Synapse h5) gets a
     diagonal affine with its spacing. Stored as uint8 (int16 above 255).
 
     Args:
@@ -555,11 +559,51 @@ def write_nifti_labels(path: str | os.PathLike, labels: np.ndarray, volume: Volu
         source_spacing[volume.axis] = volume.spacing[0]
         source_spacing[others[0]], source_spacing[others[1]] = volume.spacing[1], volume.spacing[2]
         affine = np.diag([*source_spacing, 1.0])
-    image = nib.Nifti1Image(np.asfortranarray(data), affine)
-    image.header.set_xyzt_units("mm")
+    source = nifti_label_header(volume.source, dtype) if volume.source is not None else None
+    if source is None:
+        image = nib.Nifti1Image(np.asfortranarray(data), affine)
+        image.header.set_xyzt_units("mm")
+    else:
+        image_class, header = source
+        image = image_class(np.asfortranarray(data), affine, header=header)
+        # The constructor may re-derive the transforms from `affine`; the source's own matrices
+        # and codes are what a viewer must see.
+        image.set_qform(header.get_qform(), code=int(header["qform_code"]))
+        image.set_sform(header.get_sform(), code=int(header["sform_code"]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))
+
+
+def nifti_label_header(
+    source: str | os.PathLike, dtype: np.dtype | type
+) -> tuple[type[nib.Nifti1Image], nib.Nifti1Header] | None:
+    """The header for a label map of the NIfTI image `source`: a copy of its header, label-ready.
+
+    Everything of the source header is kept (qform/sform matrices and codes, intent,
+    description, units, pixdim) except what describes the voxel values: the data type becomes
+    `dtype`, the intensity scaling is cleared (labels are stored as is) and the display range
+    ``cal_min``/``cal_max`` is reset.
+
+    Returns:
+        (the image class of the source, NIfTI-1 or NIfTI-2; the header), or None when `source`
+        is not a readable NIfTI file (e.g. a Synapse h5 case).
+    """
+    path = Path(source)
+    if not path.name.lower().endswith((".nii", ".nii.gz")) or not path.is_file():
+        return None
+    try:
+        image = nib.load(str(path))
+    except Exception:  # nibabel raises ImageFileError, OSError, EOFError ...: no header to keep
+        return None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        return None
+    header = image.header.copy()
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(np.nan, np.nan)
+    header["cal_min"] = 0
+    header["cal_max"] = 0
+    return type(image), header
 
 
 def find_nifti_cases(
