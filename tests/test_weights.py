@@ -454,3 +454,70 @@ def test_unreadable_files_are_one_line_errors_naming_the_file(tmp_path: Path, na
 def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere.pth"):
         load_pretrained(create_vit("vit_tiny_patch16"), tmp_path / "nowhere.pth")
+
+
+# ---------------------------------------------------------------------------------------- Hugging Face eps
+def hf_vit_with_eps(eps: float) -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+        image_size=32, patch_size=8, num_labels=10, layer_norm_eps=eps,
+    )
+    torch.manual_seed(0)
+    return randomize_(ViTForImageClassification(config), seed=4)
+
+
+def test_hf_folder_layer_norm_eps_warns_on_mismatch_and_matches_with_its_eps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vit_backbone import BackboneConfig, build_backbone
+
+    reference = hf_vit_with_eps(1e-12).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(pixel_values=images).logits
+    size = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
+    # The folder itself and the weights file in it both read config.json.
+    for pretrained in (tmp_path / "hf", tmp_path / "hf" / "model.safetensors"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vit_backbone"):
+            wrong = build_backbone(BackboneConfig(preset="vit_tiny_patch16", **size, pretrained=str(pretrained)),
+                                   num_classes=10, config_key="model.backbone").eval()
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, warnings
+        assert "layer_norm_eps=1e-12" in warnings[0] and "model.backbone.norm_eps=1e-06" in warnings[0]
+        assert "set model.backbone.norm_eps=1e-12" in warnings[0]
+        with torch.no_grad():
+            assert not torch.allclose(wrong(images), expected, atol=1e-5, rtol=1e-5)
+
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="vit_backbone"):
+            right = build_backbone(BackboneConfig(preset="vit_tiny_patch16", **size, norm_eps=1e-12,
+                                                  pretrained=str(pretrained)), num_classes=10).eval()
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        with torch.no_grad():
+            torch.testing.assert_close(right(images), expected, **TOL)
+
+
+def test_checkpoint_without_config_json_gives_no_eps_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vit_backbone import BackboneConfig, build_backbone
+    from vit_backbone.weights import hf_layer_norm_eps
+
+    reference = hf_vit_with_eps(1e-6)
+    save_file(fresh_copy(reference.state_dict()), tmp_path / "weights.safetensors")
+    assert hf_layer_norm_eps(tmp_path / "weights.safetensors") is None
+    (tmp_path / "config.json").write_text("not json")
+    assert hf_layer_norm_eps(tmp_path / "weights.safetensors") is None
+    size = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 4}
+    with caplog.at_level("WARNING", logger="vit_backbone"):
+        build_backbone(BackboneConfig(preset="vit_tiny_patch16", **size,
+                                      pretrained=str(tmp_path / "weights.safetensors")), num_classes=10)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="without a weights file"):
+        build_backbone(BackboneConfig(preset="vit_tiny_patch16", **size, pretrained=str(empty)), num_classes=10)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import types
 import typing
@@ -33,7 +34,14 @@ from typing import Any, Literal, Union
 from .conv_stem import conv_stem_error, conv_stem_stride
 from .presets import create_vit, preset_config, preset_names
 from .vit import VisionTransformer
-from .weights import LoadReport, convert_state_dict, load_pretrained, load_state_dict_file
+from .weights import (
+    LoadReport,
+    convert_state_dict,
+    hf_layer_norm_eps,
+    load_pretrained,
+    load_state_dict_file,
+    resolve_checkpoint_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +136,9 @@ class BackboneConfig:
             convolution (Xiao et al. 2021), e.g. [32, 64, 128] for stride 8; None for plain patches.
         grad_checkpointing: recompute block activations in the backward pass (less memory).
         pretrained: a local checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt, JAX .npz) of a
-            timm, torchvision, Hugging Face or JAX ViT; None trains from scratch.
+            timm, torchvision, Hugging Face or JAX ViT, or a Hugging Face model folder
+            (`save_pretrained`); None trains from scratch. A ``config.json`` beside the file (or
+            in the folder) whose ``layer_norm_eps`` differs from `norm_eps` gets a warning.
         pretrained_layout: the checkpoint's layout, or ``"auto"`` to detect it.
         pretrained_strict: every model tensor must come from the checkpoint (except a reset head)
             and every checkpoint tensor must have a place; false for e.g. MAE checkpoints whose
@@ -317,9 +327,10 @@ def build_backbone_with_report(config: BackboneConfig, *, num_classes: int = 0, 
     model = create_vit(config.preset, **kwargs)
     report = None
     if pretrained is not None:
-        path = Path(pretrained)
-        if not path.is_file():
+        if not Path(pretrained).exists():
             raise FileNotFoundError(f"{config_key}.pretrained={pretrained!r}: no such file")
+        path = resolve_checkpoint_path(pretrained)
+        check_norm_eps(config, Path(pretrained), config_key)
         reset_head = config.pretrained_reset_head
         if reset_head is None:
             if num_classes == 0:
@@ -340,6 +351,23 @@ def build_backbone_with_report(config: BackboneConfig, *, num_classes: int = 0, 
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, report
+
+
+def check_norm_eps(config: BackboneConfig, checkpoint: Path, config_key: str = "model.backbone") -> bool:
+    """Warn (one line) when the checkpoint's Hugging Face ``config.json`` has another LayerNorm eps.
+
+    The value is not adopted silently: the run's saved config is what ``evaluate`` and
+    ``predict`` rebuild the model from, so the config itself must hold the eps the weights need.
+
+    Returns:
+        True when the values agree or the checkpoint does not say.
+    """
+    eps = hf_layer_norm_eps(checkpoint)
+    if eps is None or math.isclose(eps, config.norm_eps, rel_tol=1e-6, abs_tol=0.0):
+        return True
+    logger.warning("%s: the checkpoint's config.json has layer_norm_eps=%g but %s.norm_eps=%g; outputs differ from the "
+                   "checkpoint's; set %s.norm_eps=%g", checkpoint, eps, config_key, config.norm_eps, config_key, eps)
+    return False
 
 
 def _log_report(path: Path, report: LoadReport) -> None:

@@ -169,6 +169,48 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor | np
     raise ValueError(f"{path}: unsupported checkpoint suffix {suffix!r}; expected one of {', '.join(SUFFIXES)}")
 
 
+# Weight files of a Hugging Face model folder (`save_pretrained`), in the order looked for.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
+    """The weights file of `path`: `path` itself, or the weights in a Hugging Face model folder.
+
+    Raises:
+        FileNotFoundError: nothing at `path`, or a folder without ``model.safetensors`` /
+            ``pytorch_model.bin`` (one line naming it).
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in HF_WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: a folder without a weights file ({' or '.join(HF_WEIGHT_FILES)})")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    return path
+
+
+def hf_layer_norm_eps(path: str | os.PathLike) -> float | None:
+    """The ``layer_norm_eps`` of the Hugging Face ``config.json`` beside a checkpoint file (or in its folder).
+
+    Hugging Face ViTs use 1e-12 where timm, torchvision and JAX use 1e-6; the difference moves
+    a ViT-B's outputs by ~1e-4, so the model must be built with the checkpoint's value.
+
+    Returns:
+        the value, or None when there is no readable ``config.json`` or it has no ``layer_norm_eps``.
+    """
+    import json
+
+    path = Path(path)
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    try:
+        value = json.loads(config_file.read_text()).get("layer_norm_eps")
+    except (OSError, ValueError, AttributeError):  # missing, not JSON, or not an object
+        return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 # ---------------------------------------------------------------------------------------- layout
 def _strip_jax_prefix(key: str) -> str:
     # Checkpoints saved with the optimizer state keep the parameters under `opt/target/`.
