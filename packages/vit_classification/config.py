@@ -26,6 +26,7 @@ Channels = Literal[1, 3]
 Interpolation = Literal["bilinear", "bicubic"]
 MixupMode = Literal["batch", "pair", "elem"]
 CifarLabels = Literal["fine", "coarse"]
+OnBadSample = Literal["error", "skip"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -90,6 +91,10 @@ class DataConfig:
             epochs skip decoding and the pipeline (`AugmentedSamples`). Only for data that fits
             in memory as float32 model inputs, and only with a deterministic training pipeline
             (no random crop, flip or colour op); the evaluation set is always deterministic.
+        on_bad_sample: what to do with an ImageFolder training image that is missing or cannot
+            be read: ``"error"`` stops before the first step naming the file; ``"skip"`` leaves it
+            out with a warning and lists it in ``skipped_samples.txt`` of the run folder.
+            Evaluation images are always checked and never skipped.
     """
 
     format: DataFormat = "fashion_mnist"
@@ -109,6 +114,7 @@ class DataConfig:
     num_train_samples: int | None = None
     num_eval_samples: int | None = None
     cache_samples: bool = False
+    on_bad_sample: OnBadSample = "error"
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -41,6 +41,10 @@ from vit_training.data import (
     FASHION_MNIST_FILES,
     IMAGE_EXTENSIONS,
     SUBSET_SEED,
+    BadSamplePolicy,
+    find_bad_files,
+    handle_bad_samples,
+    image_header_size,
     list_images,
     one_line,
     read_idx,
@@ -69,6 +73,7 @@ __all__ = [
     "Cifar100Dataset",
     "IdxDataset",
     "ImageFolderDataset",
+    "check_samples",
     "default_cache_dir",
     "default_normalization",
     "find_fashion_mnist",
@@ -696,6 +701,44 @@ def _cifar_class_names(data: DataConfig) -> list[str]:
     return [str(name) for name in content[key]]
 
 
+def check_samples(
+    source: Dataset,
+    indices: np.ndarray | None,
+    split: Literal["training", "evaluation"],
+    on_bad_sample: BadSamplePolicy = "error",
+    output_dir: str | os.PathLike | None = None,
+) -> np.ndarray | None:
+    """Check the files a split will read before the first step; the indices to keep.
+
+    ImageFolder images are checked from their headers (the file exists, PIL recognises the
+    format, the size is positive) in a thread pool; IDX and CIFAR sets were fully checked when
+    they were read into memory. See `vit_training.data.handle_bad_samples` for what happens to
+    problems (one-line ValueError, or training samples left out under ``on_bad_sample="skip"``).
+
+    Args:
+        source: the split's raw data set.
+        indices: the source items the split uses (None: all).
+
+    Returns:
+        `indices` without the skipped items (an int64 array when any was skipped).
+    """
+    samples = getattr(source, "samples", None)
+    if samples is None:
+        return indices
+    used = np.arange(len(source)) if indices is None else np.asarray(indices)
+    names = [str(samples[int(i)][0]) for i in used]
+
+    def check(k: int) -> None:
+        image_header_size(names[k])
+
+    problems = find_bad_files(names, check)
+    skipped = handle_bad_samples(problems, split=split, total=len(names), on_bad_sample=on_bad_sample,
+                                 output_dir=output_dir)
+    if not skipped:
+        return indices
+    return np.array([i for i, name in zip(used, names, strict=True) if name not in skipped], dtype=np.int64)
+
+
 def open_split(data: DataConfig, train: bool) -> Dataset | None:
     """The raw data set (no transform) of the training or the evaluation split `data` describes.
 
@@ -825,6 +868,7 @@ class AugmentedSamples(Dataset):
         indices: np.ndarray | None = None,
         seed: int | None = None,
         cache: bool = False,
+        skip_unreadable: bool = False,
     ) -> None:
         """
         Args:
@@ -834,6 +878,9 @@ class AugmentedSamples(Dataset):
             indices: the items of `source` to use (a subset), None for all.
             seed: the run's seed for per-sample reseeding; None for a deterministic (eval) transform.
             cache: keep each transformed item after its first read (see above).
+            skip_unreadable: an item whose file became unreadable after the up-front check
+                (``data.on_bad_sample=skip``) is replaced by the next readable item, with a
+                warning, instead of stopping the run.
 
         Raises:
             ValueError: `cache` with a training transform that draws random ops (its output
@@ -851,6 +898,7 @@ class AugmentedSamples(Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self.skip_unreadable = skip_unreadable
         self.classes: list[str] = list(source.classes)
         targets = np.asarray(source.targets)
         self.targets = targets if indices is None else targets[indices]
@@ -872,11 +920,23 @@ class AugmentedSamples(Dataset):
         samples = getattr(self.source, "samples", None)
         return str(samples[source_index][0]) if samples is not None else str(source_index)
 
+    def _read(self, index: int) -> tuple[int, Any]:
+        """(item index, source image) of item `index`, or of the next readable item when skipping."""
+        for step in range(len(self) if self.skip_unreadable else 1):
+            candidate = (index + step) % len(self)
+            try:
+                return candidate, self.source[self.source_index(candidate)][0]
+            except (OSError, ValueError) as exc:
+                if not self.skip_unreadable:
+                    raise
+                logger.warning("data.on_bad_sample=skip: %s; using the next sample instead", one_line(exc))
+        raise ValueError(f"no readable sample left among the {len(self)} training samples")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        label = int(self.targets[index])
         if self.cache is not None and index in self.cache:
-            return self.cache[index], label, int(index)
-        image, _label = self.source[self.source_index(index)]
+            return self.cache[index], int(self.targets[index]), int(index)
+        index, image = self._read(index)
+        label = int(self.targets[index])
         if self.seed is not None and self.transform.is_random:
             self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
         tensor = self.transform(image)

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from vit_training.task import Task
 
 from .config import ClassificationConfig
-from .data import AugmentedSamples, open_split, resolve_config, subset_indices
+from .data import AugmentedSamples, check_samples, open_split, resolve_config, subset_indices
 from .metrics import ClassificationMeter, write_predictions_csv
 from .model import build_classifier
 from .transforms import (
@@ -135,11 +135,14 @@ class ClassificationTask(Task):
 
     def build_train_dataset(self) -> AugmentedSamples:
         """The training set: per-sample seeded augmentation, `data.num_train_samples` subset."""
+        data = self.config.data
         source = self._source(train=True)
         self._check_classes(source, "training")
-        indices = subset_indices(len(source), self.config.data.num_train_samples)
+        indices = subset_indices(len(source), data.num_train_samples)
+        # Every file is checked before the first step, so a bad one never stops a run mid-epoch.
+        indices = check_samples(source, indices, "training", data.on_bad_sample, self.config.train.output_dir)
         return AugmentedSamples(source, self.train_transform(), indices, seed=self.config.train.seed,
-                                cache=self.config.data.cache_samples)
+                                cache=data.cache_samples, skip_unreadable=data.on_bad_sample == "skip")
 
     def build_eval_dataset(self) -> AugmentedSamples | None:
         """The evaluation set (IDX/CIFAR test split, ImageFolder val tree), or None when there is none."""
@@ -148,6 +151,7 @@ class ClassificationTask(Task):
             return None
         self._check_classes(source, "evaluation")
         indices = subset_indices(len(source), self.config.data.num_eval_samples)
+        check_samples(source, indices, "evaluation")
         return AugmentedSamples(source, self.eval_transform(), indices, seed=None, cache=self.config.data.cache_samples)
 
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:

@@ -9,28 +9,42 @@
 - `subset_indices`: the fixed random subset of `data.num_train_samples` / `num_eval_samples`,
   drawn with `SUBSET_SEED` so runs with different training seeds see the same images.
 - Fashion-MNIST: `FASHION_MNIST_CLASSES`, `FASHION_MNIST_FILES` and `DEBIAN_FASHION_MNIST_DIR`.
+- Up-front validation (each task checks its sets when it builds them, before the first step):
+  `image_header_size` (a header read, no pixel decode), `find_bad_files` (checks in a thread
+  pool), `handle_bad_samples` (raise one line, or under ``data.on_bad_sample=skip`` leave bad
+  training samples out and list them in ``skipped_samples.txt`` of the run folder).
 """
 
 from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_FILES",
     "IMAGE_EXTENSIONS",
+    "SKIPPED_SAMPLES_FILE",
     "SUBSET_SEED",
+    "BadSamplePolicy",
+    "bad_samples_error",
+    "find_bad_files",
+    "handle_bad_samples",
+    "image_header_size",
     "list_images",
     "one_line",
     "read_grey",
@@ -465,3 +479,106 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
         # mtime=0 so the same array always gives the same bytes.
         payload = gzip.compress(payload, mtime=0)
     path.write_bytes(payload)
+
+
+# ------------------------------------------------------------------------------------ validation
+# data.on_bad_sample: what a task does with a training sample the up-front check finds unreadable.
+BadSamplePolicy = Literal["error", "skip"]
+# The run-folder file listing the training samples left out under data.on_bad_sample=skip.
+SKIPPED_SAMPLES_FILE = "skipped_samples.txt"
+# Header checks are file-system bound (open, a few KiB read): threads overlap the waits.
+_CHECK_THREADS = 8
+
+
+def image_header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding the pixels.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file when PIL does not recognise it as an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{path}: cannot read image (not a known image format, or a corrupt header)") from exc
+    except _PIL_ERRORS as exc:
+        raise ValueError(f"{path}: cannot read image ({one_line(exc)})") from exc
+    if width < 1 or height < 1:
+        raise ValueError(f"{path}: image header says {width}x{height} pixels (w x h)")
+    return int(width), int(height)
+
+
+def find_bad_files(names: Sequence[str], check: Callable[[int], None]) -> list[tuple[str, str]]:
+    """Run `check(i)` for every item in a thread pool; the items whose check raised.
+
+    Args:
+        names: the name of each item (a file path), reported with its problem.
+        check: raises FileNotFoundError, OSError or ValueError when item i is unusable.
+
+    Returns:
+        (name, one-line reason) of each failing item, in item order.
+    """
+    def run(index: int) -> tuple[str, str] | None:
+        try:
+            check(index)
+        except (OSError, ValueError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            # The readers' messages start with the path: keep the reason alone.
+            prefix = f"{names[index]}: "
+            return names[index], reason[len(prefix):] if reason.startswith(prefix) else reason
+        return None
+
+    if len(names) <= 1:
+        results = [run(i) for i in range(len(names))]
+    else:
+        with ThreadPoolExecutor(max_workers=min(_CHECK_THREADS, len(names))) as pool:
+            results = list(pool.map(run, range(len(names))))
+    return [result for result in results if result is not None]
+
+
+def bad_samples_error(problems: Sequence[tuple[str, str]], split: str, total: int, hint: str = "") -> ValueError:
+    """The one-line error for `problems` ((name, reason) pairs) found in a `split` set of `total` items."""
+    name, reason = problems[0]
+    more = f" (and {len(problems) - 1} more of the {total} {split} files have problems)" if len(problems) > 1 else ""
+    return ValueError(f"{name}: {reason}{more}{hint}")
+
+
+def handle_bad_samples(
+    problems: Sequence[tuple[str, str]],
+    *,
+    split: Literal["training", "evaluation"],
+    total: int,
+    on_bad_sample: BadSamplePolicy,
+    output_dir: str | os.PathLike | None,
+) -> set[str]:
+    """Act on the problems the up-front check found: raise, or (training with skip) list and leave out.
+
+    Evaluation files are never skipped: a metric over a silently smaller set would not compare
+    with other runs. Under ``skip`` the skipped training files are logged as one warning and
+    written to ``<output_dir>/skipped_samples.txt`` (one ``path<TAB>reason`` a line).
+
+    Returns:
+        The names of the samples to leave out (empty when there are no problems).
+
+    Raises:
+        ValueError: one line naming the first bad file, its problem, and how many others have one.
+    """
+    if not problems:
+        return set()
+    if split != "training" or on_bad_sample != "skip":
+        hint = " (data.on_bad_sample=skip leaves unreadable training samples out)" if split == "training" else ""
+        raise bad_samples_error(problems, split, total, hint)
+    if len(problems) >= total:
+        raise bad_samples_error(problems, split, total, " (data.on_bad_sample=skip: no training sample is readable)")
+    logger.warning("data.on_bad_sample=skip: leaving out %d of %d training samples that cannot be read (first: %s: %s)",
+                   len(problems), total, problems[0][0], problems[0][1])
+    if output_dir is not None:
+        path = Path(output_dir) / SKIPPED_SAMPLES_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{name}\t{reason}\n" for name, reason in problems), encoding="utf-8")
+        logger.warning("skipped training samples listed in %s", path)
+    return {name for name, _ in problems}
