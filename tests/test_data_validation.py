@@ -100,3 +100,85 @@ def test_classify_bad_evaluation_image_is_never_skipped(tmp_path: Path, capsys) 
     assert run("classify", *CLASSIFY, f"data.root={root}", f"train.output_dir={out}", "data.on_bad_sample=skip") == 1
     assert str(bad) in error_line(capsys)
     assert no_checkpoint(out) and not (out / SKIPPED_SAMPLES_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------ detection
+def write_coco(root: Path, objects: int = 2) -> None:
+    """Four 48 x 48 training and two validation images, `objects` boxes each, one category."""
+    (root / "annotations").mkdir(parents=True)
+    for split, count in (("train", 4), ("val", 2)):
+        (root / split).mkdir()
+        images, annotations = [], []
+        for image_id in range(1, count + 1):
+            Image.new("RGB", (48, 48), (20, 20, 20)).save(root / split / f"{image_id}.png")
+            images.append({"id": image_id, "file_name": f"{image_id}.png", "width": 48, "height": 48})
+            for k in range(objects):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1,
+                                    "bbox": [2 + 4 * k, 2 + 4 * k, 10, 10], "area": 100, "iscrowd": 0})
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(
+            {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "box"}]}))
+
+
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_detect_corrupt_training_image_stops_and_skip_lists_it(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    write_coco(root)
+    bad = root / "train" / "3.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    out = tmp_path / "run"
+    assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}") == 1
+    assert str(bad) in error_line(capsys) and no_checkpoint(out)
+    out = tmp_path / "skip"
+    assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}", "data.on_bad_sample=skip") == 0
+    assert (out / SKIPPED_SAMPLES_FILE).read_text().startswith(f"{bad}\t")
+
+
+def test_detect_missing_image_with_a_worker_is_one_line(tmp_path: Path, capsys) -> None:
+    root, out = tmp_path / "data", tmp_path / "run"
+    write_coco(root)
+    (root / "train" / "2.png").unlink()
+    assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}", "train.num_workers=1") == 1
+    line = error_line(capsys)
+    assert str(root / "train" / "2.png") in line and "not found" in line and "DataLoader" not in line
+
+
+def test_detect_image_size_differing_from_the_json_is_named(tmp_path: Path, capsys) -> None:
+    root, out = tmp_path / "data", tmp_path / "run"
+    write_coco(root)
+    Image.new("RGB", (40, 48)).save(root / "train" / "1.png")
+    assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}") == 1
+    line = error_line(capsys)
+    assert str(root / "train" / "1.png") in line and "48x40" in line and "48x48" in line
+
+
+@pytest.mark.parametrize("problem", ["box outside", "unknown category"])
+def test_detect_bad_evaluation_annotation_stops_before_training(problem: str, tmp_path: Path, capsys) -> None:
+    root, out = tmp_path / "data", tmp_path / "run"
+    write_coco(root)
+
+    def change(data: dict) -> None:
+        if problem == "box outside":
+            data["annotations"][1]["bbox"] = [40, 40, 20, 20]
+        else:
+            data["annotations"][1]["category_id"] = 9
+
+    edit_json(root / "annotations" / "instances_val.json", change)
+    assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}", "data.on_bad_sample=skip") == 1
+    line = error_line(capsys)
+    expected = "lies outside the 48x48" if problem == "box outside" else "category_id=9 is not a category id"
+    assert expected in line and "instances_val.json" in line, line
+    assert no_checkpoint(out)
+
+
+def test_detect_warns_when_num_queries_is_below_the_most_objects(tmp_path: Path, caplog) -> None:
+    root, out = tmp_path / "data", tmp_path / "run"
+    write_coco(root, objects=5)
+    with caplog.at_level(logging.WARNING):
+        assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}", "model.num_queries=3",
+                   "train.max_steps=1") == 0
+    assert any("5 objects but model.num_queries=3" in r.getMessage() for r in caplog.records), caplog.text

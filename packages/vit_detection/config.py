@@ -25,6 +25,7 @@ from .scores import ClassScore
 
 NeckKind = Literal["single", "simple_fpn"]
 QueryKind = Literal["learned", "anchor"]
+OnBadSample = Literal["error", "skip"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -178,6 +179,10 @@ class DetectionDataConfig:
             dropped (DETR keeps any remainder: 0).
         mean, std: per-channel normalisation of 0..1 RGB pixels (ImageNet's by default).
         num_train_samples, num_eval_samples: a fixed subset of the images (smoke tests); None for all.
+        on_bad_sample: a training image that is missing, unreadable or not the JSON's size:
+            ``"error"`` stops before the first step naming the file; ``"skip"`` leaves it out with
+            a warning and lists it in ``skipped_samples.txt`` of the run folder. Evaluation images
+            and boxes are always checked and never skipped.
     """
 
     root: str = "data/fashion_scenes"
@@ -199,6 +204,7 @@ class DetectionDataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     num_train_samples: int | None = None
     num_eval_samples: int | None = None
+    on_bad_sample: OnBadSample = "error"
 
     def __post_init__(self) -> None:
         _check(len(self.train_sizes) >= 1 and min(self.train_sizes) >= 1,

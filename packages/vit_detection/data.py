@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import warnings
@@ -48,7 +49,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from vit_training.data import one_line, read_rgb
+from vit_training.data import find_bad_files, image_header_size, one_line, read_rgb
 from vit_training.seeding import sample_seed
 
 from .coco_eval import ground_truth_coco
@@ -61,6 +62,8 @@ __all__ = [
     "load_coco_json",
     "read_rgb",
 ]
+
+logger = logging.getLogger(__name__)
 
 DetectionTarget = dict[str, Any]
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -154,6 +157,23 @@ def _clip_xywh(bbox: Sequence[float], width: int, height: int) -> tuple[float, f
     return x0, y0, x1 - x0, y1 - y0
 
 
+# A box may overhang its image by this many pixels (rounding in annotation tools) before it counts
+# as outside the image.
+BOX_TOLERANCE_PX = 1.0
+
+
+def _box_problem(annotation: dict[str, Any], image: dict[str, Any]) -> str | None:
+    """What is wrong with an annotation's box: no positive size, or not inside its image; None if fine."""
+    x, y, w, h = (float(v) for v in annotation["bbox"])
+    where = f"annotation id {annotation['id']} bbox {annotation['bbox']}"
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        return f"{where} has no positive width and height"
+    width, height, tol = image["width"], image["height"], BOX_TOLERANCE_PX
+    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+        return f"{where} lies outside the {width}x{height} (w x h) image"
+    return None
+
+
 # ------------------------------------------------------------------------------------ dataset
 class CocoDetection(Dataset):
     """A COCO-format detection data set (see the module doc for items and annotation hygiene).
@@ -194,6 +214,9 @@ class CocoDetection(Dataset):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        # Set by the task under data.on_bad_sample=skip: an image that becomes unreadable after
+        # the up-front check is replaced by the next readable one instead of stopping the run.
+        self.skip_unreadable = False
         data = load_coco_json(self.annotation_file)
 
         categories = sorted(data["categories"], key=lambda c: c["id"])
@@ -208,8 +231,12 @@ class CocoDetection(Dataset):
         kept_annotations: list[dict[str, Any]] = []
         self.num_degenerate = 0
         self.num_crowd = 0
+        self.box_problems: list[tuple[str, str]] = []
         for annotation in data["annotations"]:
             image = self._images[annotation["image_id"]]
+            problem = _box_problem(annotation, image)
+            if problem is not None:
+                self.box_problems.append((str(self.image_dir / image["file_name"]), f"{problem} ({self.annotation_file})"))
             clipped = _clip_xywh(annotation["bbox"], image["width"], image["height"])
             if clipped is None:
                 self.num_degenerate += 1
@@ -264,6 +291,31 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    # -------------------------------------------------------------------------------- validation
+    def check_images(self) -> list[tuple[str, str]]:
+        """Check every image's header (a thread pool, no pixel decode): it exists, PIL reads it,
+        and its size is the JSON's width x height. Returns (path, one-line reason) per bad image."""
+        names = [str(self.image_path(i)) for i in range(len(self))]
+
+        def check(index: int) -> None:
+            info = self.image_info(index)
+            width, height = image_header_size(names[index])
+            if (height, width) != (info["height"], info["width"]):
+                raise ValueError(
+                    f"image is {height}x{width} (h x w) but {self.annotation_file} says "
+                    f"{info['height']}x{info['width']} for image id {info['id']}"
+                )
+
+        return find_bad_files(names, check)
+
+    def drop_images(self, paths: set[str]) -> None:
+        """Leave the images at `paths` out of the items (their annotations stay in `coco_gt`)."""
+        self.ids = [i for i in self.ids if str(self.image_dir / self._images[i]["file_name"]) not in paths]
+
+    def max_objects(self) -> int:
+        """The most target boxes (crowd and degenerate ones excluded) in one image of the items."""
+        return max((len(self._labels[i]) for i in self.ids), default=0)
+
     # -------------------------------------------------------------------------------- items
     def load_sample(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Item `index` before any transform.
@@ -292,8 +344,20 @@ class CocoDetection(Dataset):
         image_id = self.ids[index]
         return image, self._boxes[image_id].copy(), self._labels[image_id].copy()
 
+    def _load_readable(self, index: int) -> tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(item index, `load_sample`) of `index`, or of the next readable item under `skip_unreadable`."""
+        for step in range(len(self) if self.skip_unreadable else 1):
+            candidate = (index + step) % len(self)
+            try:
+                return candidate, self.load_sample(candidate)
+            except (OSError, ValueError) as exc:
+                if not self.skip_unreadable:
+                    raise
+                logger.warning("data.on_bad_sample=skip: %s; using the next image instead", one_line(exc))
+        raise ValueError(f"{self.annotation_file}: no readable image left among {len(self)}")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, DetectionTarget]:
-        image, boxes, labels = self.load_sample(index)
+        index, (image, boxes, labels) = self._load_readable(index)
         orig_size = torch.tensor(image.shape[:2], dtype=torch.int64)
         if self.transform is None:
             tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
-from vit_training.data import subset_indices
+from vit_training.data import handle_bad_samples, subset_indices
 from vit_training.task import Task
 
 from .coco_eval import (
@@ -198,14 +198,47 @@ class DetectionTask(Task):
         return dataset
 
     def build_train_dataset(self) -> Dataset:
-        return _subset(self._dataset(train=True), self.config.data.num_train_samples)
+        """The training split, every image checked before the first step (see `_validate`)."""
+        dataset = self._dataset(train=True)
+        self._validate(dataset, "training")
+        return _subset(dataset, self.config.data.num_train_samples)
 
     def build_eval_dataset(self) -> Dataset | None:
-        """The evaluation split (None when the config names none)."""
+        """The evaluation split (None when the config names none), every image and box checked."""
         if self.config.data.val_annotations is None:
             return None
         self._eval_set = self._dataset(train=False)
+        self._validate(self._eval_set, "evaluation")
         return _subset(self._eval_set, self.config.data.num_eval_samples)
+
+    def _validate(self, dataset: CocoDetection, split: str) -> None:
+        """Check a split up front so a bad file never stops a run mid-epoch or at its first evaluation.
+
+        Every image's header (exists, decodable format, size = the JSON's); for evaluation also
+        every box (positive size, inside its image: the metric would silently differ otherwise).
+        Training images that fail are an error, or under ``data.on_bad_sample=skip`` left out and
+        listed in the run folder. Training also warns when `model.num_queries` is below the most
+        objects in one image: DETR predicts at most one object per query.
+        """
+        data = self.config.data
+        problems = dataset.check_images()
+        if split == "evaluation":
+            problems += dataset.box_problems
+        skipped = handle_bad_samples(problems, split="training" if split == "training" else "evaluation",
+                                     total=len(dataset), on_bad_sample=data.on_bad_sample,
+                                     output_dir=self.config.train.output_dir)
+        if skipped:
+            dataset.drop_images(skipped)
+        if split != "training":
+            return
+        dataset.skip_unreadable = data.on_bad_sample == "skip"
+        most, queries = dataset.max_objects(), self.config.model.num_queries
+        if queries < most:
+            logger.warning(
+                "%s: an image has %d objects but model.num_queries=%d: DETR finds at most one object per "
+                "query, so recall is capped; set model.num_queries to at least %d",
+                dataset.annotation_file, most, queries, most,
+            )
 
     # -------------------------------------------------------------------------------- Task
     def build_model(self) -> nn.Module:
