@@ -6,6 +6,7 @@ process, kill it, or start it under `accelerate launch`:
 
     python tests/toy_task.py fit key=value ...       # train, print the final metrics as JSON
     python tests/toy_task.py evaluate WEIGHTS key=value ...
+    python tests/toy_task.py cli train --config CONFIG.yaml key=value ...   # the CLI runner (`COMMANDS`)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, load_config
+from vit_training.cli import TaskCommands, format_metrics, run_task
 
 
 @dataclass
@@ -35,6 +37,8 @@ class ToyDataConfig:
     features: int = 8
     seconds_per_batch: float = 0.0  # slows training down so a test can kill it mid-run
     nan_at_call: int = -1  # the loss is NaN at this training call (counting from 0); -1 never
+    eval_error: str = ""  # evaluate raises ValueError(eval_error) (a bad label read only at evaluation)
+    eval_block_file: str = ""  # evaluate writes this file, then sleeps until the process is killed
 
 
 @dataclass
@@ -73,8 +77,11 @@ class ToyTask:
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         data = self.config.data
-        return (Blobs(data.train_samples, data.classes, data.features, seed=1),
-                Blobs(data.eval_samples, data.classes, data.features, seed=2))
+        return (Blobs(data.train_samples, data.classes, data.features, seed=1), self.build_eval_dataset())
+
+    def build_eval_dataset(self) -> Dataset:
+        data = self.config.data
+        return Blobs(data.eval_samples, data.classes, data.features, seed=2)
 
     def collate_fn(self, train: bool) -> None:
         return None
@@ -90,6 +97,13 @@ class ToyTask:
         return loss, {}
 
     def evaluate(self, model: nn.Module, loader: Any, accelerator: Any, output_dir: Path) -> dict[str, float]:
+        data = self.config.data
+        if data.eval_error:
+            raise ValueError(data.eval_error)
+        if data.eval_block_file:
+            Path(data.eval_block_file).write_text("evaluating\n")
+            while True:
+                time.sleep(1)
         losses, hits, count = 0.0, 0, 0
         for points, labels in loader:
             logits = model(points)
@@ -104,6 +118,18 @@ class ToyTask:
         (output_dir / "visualized.txt").write_text(f"{len(batch[0])} samples\n")
 
 
+def _no_predict(args: Any, config: Any, weights: Path, device: Any) -> int:
+    raise ValueError("the toy task does not predict")
+
+
+# The toy task's command line, for tests of the CLI runner (`run_task(COMMANDS, argv)`).
+COMMANDS = TaskCommands(
+    name="toy", description="toy task of the engine's tests", config_schema=ToyConfig, config_folder="toy",
+    build_task=ToyTask, headline=format_metrics, predict=_no_predict, add_predict_arguments=lambda parser: None,
+    evaluate_files=("toy_<mode>.txt",),
+)
+
+
 def main(argv: list[str]) -> None:
     from accelerate import PartialState
 
@@ -111,6 +137,8 @@ def main(argv: list[str]) -> None:
     from vit_training.loop import evaluate_weights, fit
 
     command, rest = argv[0], argv[1:]
+    if command == "cli":
+        raise SystemExit(run_task(COMMANDS, rest))
     if command == "fit":
         config = load_config(ToyConfig, None, rest)
         result = fit(ToyTask(config), config)

@@ -8,9 +8,13 @@ Layout under `output_dir/checkpoints/`:
     latest                  a text file naming the newest complete checkpoint folder
 
 A checkpoint is written into `step_N.tmp/` and renamed to `step_N/` only when every process
-has finished writing; `latest` is then replaced atomically (`os.replace`). A kill at any
-moment leaves `latest` naming a complete checkpoint; stale `.tmp` folders are removed by the
-next save.
+has finished writing; `latest` is then replaced atomically (`os.replace`), and only then are
+old checkpoints rotated out (never the one just written). A kill at any moment leaves `latest`
+naming a complete checkpoint; stale `.tmp` folders are removed by the next save.
+
+Rotation keeps this run's newest `keep_last` checkpoints. A run resumed from an earlier
+checkpoint than the newest branches off: the checkpoints of higher steps (the abandoned
+continuation) are removed at its first save, and one of the same step is replaced.
 """
 
 from __future__ import annotations
@@ -74,25 +78,49 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | Path, state: Tra
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("*.tmp"):  # left by a run killed during a save
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    if final.exists():
-        # Never delete a complete checkpoint to rewrite it: `latest` may name it.
-        raise FileExistsError(f"checkpoint {final} already exists; the loop saves each optimizer step once")
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (temporary / TRAINER_STATE).write_text(json.dumps(asdict(state), indent=2))
         save_config(config, temporary / "config.yaml")
-        os.replace(temporary, final)
+        if final.exists():
+            # Left by the continuation this run branched off (it resumed from an earlier checkpoint).
+            # The new one is complete before the old one goes; `latest` names a higher step or, if it
+            # named this one, `_latest_complete` falls back to the newest complete folder meanwhile.
+            stale = final.with_name(final.name + ".old.tmp")
+            os.replace(final, stale)
+            os.replace(temporary, final)
+            shutil.rmtree(stale)
+        else:
+            os.replace(temporary, final)
         _write_text_atomically(folder / LATEST_POINTER, final.name)
-        _remove_old(folder, keep_last)
+        _remove_old(folder, keep_last, final)
     accelerator.wait_for_everyone()
     return final
 
 
-def _remove_old(folder: Path, keep_last: int) -> None:
-    complete = sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in complete[:-keep_last]:
+def checkpoint_step(path: Path) -> int | None:
+    """The optimizer step of a `step_N` checkpoint folder's name, or None for any other name."""
+    prefix, _, number = path.name.partition("_")
+    return int(number) if prefix == "step" and number.isdigit() else None
+
+
+def _remove_old(folder: Path, keep_last: int, current: Path) -> None:
+    """Keep `current` (just written) and the newest earlier checkpoints, `keep_last` in all.
+
+    Order is this run's: checkpoints of higher steps than `current` were left by a run this one
+    branched off (resumed from an earlier checkpoint of it); they are no part of this run and
+    would collide with its later saves, so they go first. `current` is never removed, so
+    `latest` (which names it) always names a complete checkpoint.
+    """
+    step = checkpoint_step(current)
+    others = [(checkpoint_step(p), p) for p in folder.iterdir()
+              if p.is_dir() and p != current and checkpoint_step(p) is not None]
+    later = [path for other, path in others if other > step]
+    earlier = sorted((other, path) for other, path in others if other < step)
+    doomed = later + [path for _, path in earlier[:max(len(earlier) - (keep_last - 1), 0)]]
+    for old in doomed:
         shutil.rmtree(old)
 
 

@@ -67,9 +67,16 @@ def split_resume(args: argparse.Namespace) -> None:
 
 
 def train_overrides(args: argparse.Namespace) -> list[str]:
-    """The overrides of a `train` command, with ``--resume`` turned into ``train.resume=...``."""
+    """The overrides of a `train` command, with ``--resume`` / ``--overwrite`` turned into ``train.resume=...`` /
+    ``train.overwrite=true``."""
     split_resume(args)
-    return list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
+    return (list(args.overrides) + ([f"train.resume={args.resume}"] if args.resume is not None else [])
+            + (["train.overwrite=true"] if getattr(args, "overwrite", False) else []))
+
+
+def task_run_files(spec: TaskCommands) -> list[str]:
+    """Glob patterns of the files the task's evaluation writes into a run folder (``<mode>`` becomes ``*``)."""
+    return [re.sub(r"<[^>]*>", "*", name) for name in spec.evaluate_files]
 
 
 def weights_file(weights: Path) -> Path:
@@ -313,15 +320,23 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def _train(spec: TaskCommands, args: argparse.Namespace) -> int:
-    from .loop import fit
+def _train(spec: TaskCommands, args: argparse.Namespace, prog: str | None = None) -> int:
+    from .loop import FinalEvaluationError, fit
 
     config = _load(spec, args, train_overrides(args))
     if args.print_config:
         print(config_yaml(config), end="")
         return 0
     task = spec.build_task(config)
-    result = fit(task, task.config)
+    try:
+        result = fit(task, task.config, run_files=task_run_files(spec))
+    except FinalEvaluationError as error:
+        # Training is done and saved; one line says what failed and how to evaluate the saved weights.
+        print(f"{prog or 'vitasks ' + spec.name} train: the final evaluation failed ({type(error.cause).__name__}: "
+              f"{error_line(error.cause)}); the trained weights are saved in {error.output_dir} "
+              f"(model.safetensors, checkpoints/latest): evaluate them with: vitasks {spec.name} evaluate "
+              f"--weights {error.output_dir}", file=sys.stderr)
+        return 1
     if _is_main_process():
         print(f"run folder: {result.output_dir}")
         print(f"weights:    {result.weights_path}")
@@ -419,9 +434,14 @@ def add_task_commands(parser: argparse.ArgumentParser, spec: TaskCommands, prog:
         help="continue a run exactly (sets train.resume): a checkpoint folder, or 'latest' (also what "
              "--resume alone means) for the newest checkpoint in train.output_dir",
     )
+    train.add_argument(
+        "--overwrite", action="store_true",
+        help="start over in a train.output_dir that holds a run (sets train.overwrite): its checkpoints, logs, "
+             "curves, weights and evaluation files are removed first; without it (or --resume) train refuses",
+    )
     _common(train)
     add_overrides(train)
-    train.set_defaults(run=lambda args: _train(spec, args))
+    train.set_defaults(run=lambda args: _train(spec, args, prog))
 
     files = ", ".join(["metrics.json", *spec.evaluate_files])
     evaluate = commands.add_parser(

@@ -204,7 +204,11 @@ class TrainConfig:
         keep_last_checkpoints: resumable checkpoints kept on disk (older ones are deleted).
         output_dir: folder for checkpoints, logs, plots and the resolved config.
         resume: a checkpoint folder to continue from, ``"latest"`` for the newest one in
-            `output_dir`, or None to start fresh.
+            `output_dir`, or None to start fresh. A fresh start refuses a `output_dir` that
+            already holds a run (`vit_training.loop.check_run_folder`).
+        overwrite: start fresh in a `output_dir` that holds a run: its checkpoints, logs, curves,
+            exported weights and evaluation files are removed first (files the project does not
+            write are left alone). Cannot be combined with `resume`.
         nonfinite_loss: ``"stop"`` the run with a message naming the step, or ``"skip"`` the step.
         compile: wrap the model in `torch.compile`.
         log_every_steps: log training metrics every N optimizer steps.
@@ -246,6 +250,7 @@ class TrainConfig:
     keep_last_checkpoints: int = 2
     output_dir: str = "runs/default"
     resume: str | None = None
+    overwrite: bool = False
     nonfinite_loss: NonFiniteLoss = "stop"
     compile: bool = False
     log_every_steps: int = 50
@@ -278,6 +283,9 @@ class TrainConfig:
             self.ema_decay is None or 0 < self.ema_decay < 1,
             f"ema_decay={self.ema_decay} must lie in (0, 1) (or be null to turn EMA off)",
         )
+        _check(not (self.overwrite and self.resume is not None),
+               f"overwrite=true and resume={self.resume!r}: continue the run (resume) or start it over "
+               "(overwrite), not both")
 
 
 # --------------------------------------------------------------------------- mixed precision

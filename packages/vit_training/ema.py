@@ -12,6 +12,54 @@ from torch import nn
 UPDATES_KEY = "_ema_num_updates"
 
 
+# The share of the initial weights an average may still hold at the end of a run before `fit` warns.
+INITIAL_SHARE_LIMIT = 0.01
+
+
+def initial_weight_share(decay: float, warmup: bool, steps: int) -> float:
+    """The weight of the initial (random) weights in the average after `steps` updates.
+
+    Each update keeps `decay_t` of the old average, so the initial weights keep the product of
+    the decays: ``decay ** steps`` for a fixed decay, prod_t min(decay, (1 + t) / (10 + t)) with
+    `warmup` (see `ModelEma`).
+    """
+    if not warmup:
+        return decay ** steps
+    share = 1.0
+    for step in range(1, steps + 1):
+        rule = (1.0 + step) / (10.0 + step)
+        if rule >= decay:  # the cap from here on
+            return share * decay ** (steps - step + 1)
+        share *= rule
+        if share == 0.0:
+            break
+    return share
+
+
+def _percent(share: float) -> str:
+    return f"{share:.1%}" if share >= 0.001 else "< 0.1%"
+
+
+def ema_warning(decay: float, warmup: bool, steps: int, limit: float = INITIAL_SHARE_LIMIT) -> str | None:
+    """One line when an average over `steps` updates would still hold more than `limit` of the initial weights.
+
+    The averaged model is the one evaluated and exported, so an average of mostly random weights
+    scores near chance whatever the training did. None when the share is within `limit`.
+    """
+    share = initial_weight_share(decay, warmup, steps)
+    if share <= limit:
+        return None
+    fixes = []
+    if not warmup:
+        fixes.append(f"train.ema_warmup=true (then {_percent(initial_weight_share(decay, True, steps))})")
+    fixes.append(f"train.ema_decay <= {limit ** (1.0 / max(steps, 1)):.4g}")
+    fixes.append("more steps, or train.ema_decay=null")
+    rule = " with train.ema_warmup" if warmup else ""
+    return (f"EMA: train.ema_decay={decay}{rule} over {steps} optimizer steps leaves {_percent(share)} of the "
+            f"random initial weights in the averaged model that is evaluated and exported (more than "
+            f"{limit:.0%}); set {', or '.join(fixes)}")
+
+
 class ModelEma:
     """A frozen copy of a model whose weights follow the trained ones slowly.
 

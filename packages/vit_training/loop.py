@@ -8,7 +8,11 @@
                              on a sync step: clip, optimizer, schedule, EMA, log,
                              budget probe -> plan?, evaluate?, save?, stop?
            evaluate at the epoch end? (gather_for_metrics), visualise, save
-      -> last evaluation, export weights (safetensors), curves (PNG)
+      -> final checkpoint, export weights (safetensors), curves (PNG), then the last evaluation
+         (a failing or killed last evaluation loses no trained weights)
+
+A fresh run refuses a folder that already holds a run (`check_run_folder`): continue it with
+`train.resume`, or start over with `train.overwrite`, which removes the old run's files first.
 
 A run lasts `train.epochs` epochs, or `train.max_steps` optimizer steps (mid-epoch if need be),
 or as many steps as fit `train.time_budget_min` (`vit_training.budget` plans them from the run's
@@ -27,7 +31,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,7 @@ from .budget import (
 )
 from .checkpoint import (
     TrainerState,
+    checkpoints_dir,
     find_resume_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -63,11 +68,11 @@ from .config import (
     resolve_mixed_precision,
     save_config,
 )
-from .ema import ModelEma
+from .ema import ModelEma, ema_warning
 from .metrics_log import MetricsLogger, check_trackers
 from .optim import build_optimizer
 from .plots import plot_curves
-from .schedule import build_scheduler, set_horizon, warmup_steps
+from .schedule import build_scheduler, fit_warmup, set_horizon
 from .task import Task
 
 logger = logging.getLogger("vit_training")
@@ -77,8 +82,77 @@ WEIGHTS_FILE = "model.safetensors"
 PROVISIONAL_HORIZON = 10**9
 
 
+# What a run folder holds when a run was started in it (any one of them counts).
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", WEIGHTS_FILE)
+# What `train.overwrite` removes besides the markers: the files and folders the engine writes
+# (logs, curves, the budget plan and probe, the `evaluate` command's default folder, half-written
+# exports). A task's own files come from `fit(run_files=...)`.
+ENGINE_RUN_FILES = (*RUN_MARKERS, "metrics.csv", "curves.png", PLAN_FILE, "budget_probe", "eval",
+                    WEIGHTS_FILE + ".tmp", "config.yaml.tmp")
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; raised before any weights are written."""
+
+
+class RunFolderError(FileExistsError):
+    """A fresh run was asked for in a folder that already holds a run; nothing was written."""
+
+
+class FinalEvaluationError(RuntimeError):
+    """The last evaluation failed after the final checkpoint and the weights were written.
+
+    Attributes:
+        output_dir: the run folder (loadable: model.safetensors, checkpoints/latest).
+        cause: the evaluation's exception (also `__cause__`).
+    """
+
+    def __init__(self, output_dir: Path, cause: BaseException) -> None:
+        self.output_dir = output_dir
+        self.cause = cause
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        super().__init__(
+            f"the final evaluation failed ({type(cause).__name__}: {first}); the trained weights are saved in "
+            f"{output_dir} ({WEIGHTS_FILE}, checkpoints/latest): evaluate them again with "
+            f"`vitasks <task> evaluate --weights {output_dir}` or vit_training.loop.evaluate_weights"
+        )
+
+
+def check_run_folder(output_dir: str | Path, resume: str | None, overwrite: bool) -> list[Path]:
+    """Refuse to start a fresh run over an old one; returns the old run's markers found (to remove with overwrite).
+
+    Reads only, so every process can call it before anything is written.
+
+    Raises:
+        RunFolderError: `output_dir` holds a run (config.yaml, checkpoints/, metrics.jsonl or
+            model.safetensors), `resume` is None and `overwrite` is off. One line naming both ways on.
+    """
+    folder = Path(output_dir)
+    found = [folder / name for name in RUN_MARKERS if (folder / name).exists()]
+    if found and resume is None and not overwrite:
+        raise RunFolderError(
+            f"{folder} already holds a run ({', '.join(path.name for path in found)}); continue it with --resume "
+            f"latest (train.resume=latest), start it over with --overwrite (train.overwrite=true: removes its "
+            f"checkpoints, logs and weights first), or choose another train.output_dir"
+        )
+    return found
+
+
+def clear_run_folder(output_dir: str | Path, run_files: Sequence[str] = ()) -> list[Path]:
+    """Remove what a run wrote into `output_dir`: `ENGINE_RUN_FILES` and the glob patterns `run_files`.
+
+    Other files (a user's own) are left alone. Returns the removed paths.
+    """
+    folder = Path(output_dir)
+    doomed: list[Path] = [folder / name for name in ENGINE_RUN_FILES if (folder / name).exists()]
+    for pattern in run_files:
+        doomed.extend(path for path in folder.glob(pattern) if path not in doomed)
+    for path in doomed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return doomed
 
 
 @dataclass
@@ -239,7 +313,8 @@ def _precision_note(train: TrainConfig, chosen: str) -> str | None:
             f"launcher's {LAUNCHER_PRECISION_ENV}={launcher}")
 
 
-def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_counter) -> FitResult:
+def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_counter,
+        run_files: Sequence[str] = ()) -> FitResult:
     """Train `task` with `config.train`, `config.optim` and `config.schedule`, then export its weights.
 
     The run's length is `train.epochs` epochs, or `train.max_steps` optimizer steps, or what
@@ -250,17 +325,34 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
         config: the task's config dataclass (saved beside every checkpoint and given to the trackers).
         clock: seconds of a monotonic clock, for the time budget and the records' `time_s`
             (tests pass a fake one).
+        run_files: glob patterns (relative to the run folder) of the files the task writes there
+            (evaluation files, pictures), removed with the engine's own by `train.overwrite`.
 
     Returns:
         a `FitResult`. Every process returns the same metrics.
+
+    Raises:
+        RunFolderError: `train.output_dir` holds a run and neither `train.resume` nor
+            `train.overwrite` is set (raised before anything is written).
+        FinalEvaluationError: the last evaluation failed; the final checkpoint and the weights
+            were written before it.
     """
     train: TrainConfig = config.train
     fit_start = clock()
+    output_dir = Path(train.output_dir)
+    old_run = check_run_folder(output_dir, train.resume, train.overwrite)
     log_with = check_trackers(train.log_with)
     accelerator = build_accelerator(train)
     _configure_logging(accelerator)
     set_seed(train.seed)
-    output_dir = Path(train.output_dir)
+    if old_run and train.overwrite:
+        # Every process has checked the folder (above) before the main one empties it.
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            removed = clear_run_folder(output_dir, run_files)
+            logger.warning("train.overwrite: removed the old run's %s from %s",
+                           ", ".join(sorted(path.name for path in removed)), output_dir)
+        accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_config(config, output_dir / "config.yaml")
     logger.info("run folder %s: %d process(es) on %s, mixed precision %s", output_dir,
@@ -297,20 +389,29 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
     budgeted = train.time_budget_min is not None
     # A run measured in steps (max_steps, budget) stops at `stop_at`; one measured in epochs at its last epoch end.
     in_steps = budgeted or train.max_steps is not None
-    warmup = warmup_steps(config.schedule, steps_per_epoch)
+    schedule_cfg = config.schedule
 
-    def horizon_for(total: int) -> int:
-        if total <= warmup:
-            logger.warning("the run's %d optimizer steps do not pass the schedule's %d warm-up steps; the lr "
-                           "never decays", total, warmup)
-        return max(total, warmup + 1)
+    def plan_length(total: int) -> int:
+        """Fit the warm-up and check the EMA for a run of `total` optimizer steps (warning once each)."""
+        nonlocal schedule_cfg
+        schedule_cfg, note = fit_warmup(config.schedule, total, steps_per_epoch)
+        if note:
+            logger.warning(note)
+        if train.ema_decay:
+            note = ema_warning(train.ema_decay, train.ema_warmup, total)
+            if note:
+                logger.warning(note)
+        return total
 
     # A budgeted run learns its length after the probe; until then its schedule runs on a far horizon
     # (the warm-up does not depend on it, and the decay barely starts).
     provisional = train.max_steps or PROVISIONAL_HORIZON
-    scheduler = build_scheduler(optimizer.optimizer, config.schedule,
-                                horizon_for(provisional if budgeted else run_steps(train, steps_per_epoch)),
-                                steps_per_epoch)
+    if budgeted:
+        schedule_cfg, _ = fit_warmup(config.schedule, provisional, steps_per_epoch)  # warned once the plan is made
+        horizon = provisional
+    else:
+        horizon = plan_length(run_steps(train, steps_per_epoch))
+    scheduler = build_scheduler(optimizer.optimizer, schedule_cfg, horizon, steps_per_epoch)
     accelerator.register_for_checkpointing(scheduler)
     ema = ModelEma(accelerator.unwrap_model(model), train.ema_decay, train.ema_warmup) if train.ema_decay else None
     if ema is not None:
@@ -318,6 +419,9 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
 
     state = TrainerState()
     resume_from = find_resume_checkpoint(output_dir, train.resume)
+    if resume_from is None and train.resume == "latest":
+        logger.warning("train.resume=latest: %s holds no checkpoint yet; starting a fresh run",
+                       checkpoints_dir(output_dir))
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         state = load_trainer_state(resume_from)
@@ -337,7 +441,8 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
     step_evals: set[int] = set()
     if plan is not None:
         stop_at = plan.total_steps
-        set_horizon(scheduler, config.schedule, horizon_for(plan.total_steps), steps_per_epoch)
+        total = plan_length(plan.total_steps)
+        set_horizon(scheduler, schedule_cfg, total, steps_per_epoch)
         step_evals = set(plan.eval_steps)
         logger.info("resumed %s", plan.describe())
     elif not budgeted:
@@ -387,7 +492,8 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
                            elapsed_s=run_clock(), steps_per_epoch=steps_per_epoch)
         stop_at = plan.total_steps
         step_evals = set(plan.eval_steps)
-        set_horizon(scheduler, config.schedule, horizon_for(plan.total_steps), steps_per_epoch)
+        total = plan_length(plan.total_steps)
+        set_horizon(scheduler, schedule_cfg, total, steps_per_epoch)
         state.plan = plan.to_dict()
         if accelerator.is_main_process:
             plan.save(output_dir / PLAN_FILE)
@@ -480,8 +586,8 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
         if last_saved_step != state.global_step:
             save()
 
-    if eval_loader is not None and last_eval_step != state.global_step:
-        evaluate(state.epoch - 1 if state.batches_done == 0 and state.epoch > 0 else state.epoch)
+    # The trained weights go to disk before the last evaluation: an evaluation that fails (a bad
+    # label read only now) or is killed must not take the run with it.
     if last_saved_step != state.global_step:
         save()
     accelerator.wait_for_everyone()
@@ -491,6 +597,14 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
         _save_weights(final_model, weights_path)
         plot_curves(metrics_log.records(), output_dir / "curves.png")
         logger.info("weights: %s%s", weights_path, " (EMA)" if ema is not None else "")
+    if eval_loader is not None and last_eval_step != state.global_step:
+        try:
+            evaluate(state.epoch - 1 if state.batches_done == 0 and state.epoch > 0 else state.epoch)
+        except Exception as error:
+            metrics_log.close()
+            raise FinalEvaluationError(output_dir, error) from error
+        if accelerator.is_main_process:
+            plot_curves(metrics_log.records(), output_dir / "curves.png")  # with the last evaluation
     metrics_log.close()
     if log_with:
         accelerator.end_training()

@@ -17,6 +17,7 @@ at zero (a step at lr 0 would be wasted) and reaches exactly 1 at k = W.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -30,6 +31,32 @@ def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> int:
     if cfg.warmup_epochs:
         return round(cfg.warmup_epochs * steps_per_epoch)
     return cfg.warmup_steps
+
+
+# A warm-up that would not end before the run does is cut to this share of the run's optimizer steps.
+SHORTENED_WARMUP_SHARE = 0.1
+
+
+def fit_warmup(cfg: ScheduleConfig, total_steps: int, steps_per_epoch: int) -> tuple[ScheduleConfig, str | None]:
+    """`cfg` with a warm-up that ends before the run does, and a one-line warning when it had to be cut.
+
+    A warm-up of `total_steps` or more optimizer steps would leave the lr rising for the whole run
+    (it never reaches its peak nor decays); it is cut to `SHORTENED_WARMUP_SHARE` of the run
+    instead (0 for a run of fewer than 1 / that share steps).
+
+    Returns:
+        (the schedule to use, None) when the warm-up fits; else (a copy with `warmup_steps` set to
+        the shortened length and `warmup_epochs` 0, the warning).
+    """
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    if warmup < total_steps:
+        return cfg, None
+    shortened = int(total_steps * SHORTENED_WARMUP_SHARE)
+    given = f"warmup_epochs={cfg.warmup_epochs} ({warmup} steps)" if cfg.warmup_epochs else f"warmup_steps={warmup}"
+    message = (f"schedule.{given} is not shorter than the run ({total_steps} optimizer steps): warm-up shortened "
+               f"to {shortened} steps ({SHORTENED_WARMUP_SHARE:.0%} of the run); set schedule.warmup_steps below "
+               f"{total_steps} to choose it")
+    return dataclasses.replace(cfg, warmup_steps=shortened, warmup_epochs=0.0), message
 
 
 def milestone_steps(cfg: ScheduleConfig, steps_per_epoch: int) -> list[int]:
