@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vit_training.cli import report_failures
 from vit_training.loop import load_weights_for_inference
 
 from .config import ClassificationConfig
@@ -34,6 +35,7 @@ def predict_images(
     device: torch.device | str,
     batch_size: int = 64,
     class_names: Sequence[str] | None = None,
+    failures: list[tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Classify image files (or every image in given folders) with the evaluation transform.
 
@@ -47,6 +49,9 @@ def predict_images(
         device: where to run.
         batch_size: images per forward pass.
         class_names: index = label; default `cfg.data.class_names`, else "0", "1", ...
+        failures: when given, a missing path, an empty folder or an unreadable image is appended
+            here as (path, one-line message) and skipped instead of raised; the batch it was
+            in is filled with the next readable images, so the others are predicted as usual.
 
     Returns:
         one dict per image, in the order found: {"sample": path, "predicted_index",
@@ -54,8 +59,8 @@ def predict_images(
         `metrics.write_predictions_csv`.
 
     Raises:
-        FileNotFoundError: a path is missing or a folder holds no image.
-        ValueError: a file is not a readable image (one line naming it).
+        FileNotFoundError: a path is missing or a folder holds no image (without `failures`).
+        ValueError: a file is not a readable image (one line naming it; without `failures`).
     """
     data = cfg.data
     if data.mean is None or data.std is None:
@@ -63,12 +68,35 @@ def predict_images(
     transform = build_eval_transform(
         data.input_size, data.channels, data.mean, data.std, crop_pct=data.crop_pct, interpolation=data.interpolation
     )
-    files = list_images(paths)
+    files: list[Path] = []
+    for item in paths:
+        try:
+            files.extend(list_images([item]))
+        except (ValueError, OSError) as error:
+            if failures is None:
+                raise
+            failures.append((str(item), str(error)))
     model = model.to(device).eval()
     results: list[dict[str, Any]] = []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
-        images = torch.stack([transform(read_image(path, data.channels, data.background)) for path in chunk])
+    pending = iter(files)
+    while True:
+        # Read until the batch is full: a bad image is left out, not its whole batch.
+        chunk: list[Path] = []
+        tensors: list[torch.Tensor] = []
+        for path in pending:
+            try:
+                tensors.append(transform(read_image(path, data.channels, data.background)))
+            except (ValueError, OSError) as error:
+                if failures is None:
+                    raise
+                failures.append((str(path), str(error)))
+                continue
+            chunk.append(path)
+            if len(chunk) == batch_size:
+                break
+        if not chunk:
+            break
+        images = torch.stack(tensors)
         probs = model(images.to(device)).float().softmax(dim=1).cpu()
         if class_names is not None:
             names = list(class_names)
@@ -92,18 +120,25 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``predict`` command's own arguments: the images, ``--output``, ``--batch-size``."""
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER", help="images and/or folders")
     parser.add_argument("--output", type=Path, default=None, help="also write a predictions CSV here")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: train.batch_size, the batch evaluate uses)")
 
 
 def run_predict(args: argparse.Namespace, config: ClassificationConfig, weights: Path, device: torch.device) -> int:
-    """Print the predicted label and its probability for each image; write the CSV when asked."""
+    """Print the predicted label and its probability for each readable image; write the CSV when asked.
+
+    Each bad input (missing, empty folder, unreadable image) gets one line on stderr and the
+    others are still predicted; the status is 1 when any failed (`report_failures`).
+    """
     config = resolve_config(config)
     model = load_weights_for_inference(build_classifier(config.model, load_weights=False), weights)
-    rows = predict_images(model, args.images, config, device, batch_size=args.batch_size)
-    width = max(len(row["sample"]) for row in rows)
+    failures: list[tuple[str, str]] = []
+    batch_size = args.batch_size or config.train.batch_size
+    rows = predict_images(model, args.images, config, device, batch_size=batch_size, failures=failures)
+    width = max((len(row["sample"]) for row in rows), default=0)
     for row in rows:
         print(f"{row['sample']:<{width}}  {row['predicted_name']}  {row['score']:.4f}")
-    if args.output is not None:
+    if args.output is not None and rows:
         write_predictions_csv(args.output, rows)
         print(f"wrote {len(rows)} predictions to {args.output}")
-    return 0
+    return report_failures(failures, len(rows) + len(failures))

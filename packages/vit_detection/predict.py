@@ -18,6 +18,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from vit_training.cli import report_failures
 from vit_training.data import list_images
 from vit_training.loop import load_weights_for_inference
 
@@ -39,6 +40,7 @@ def predict_images(
     config: DetectionConfig,
     device: torch.device,
     output_dir: Path | None = None,
+    failures: list[tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Detect objects in image files with the evaluation transform of `config` (resolved).
 
@@ -48,6 +50,8 @@ def predict_images(
         config: the resolved config the weights were trained with.
         device: where to run.
         output_dir: when given, a PNG overlay per image (boxes scoring >= eval.score_threshold).
+        failures: when given, an unreadable image is appended here as (path, one-line message)
+            and skipped instead of raised.
 
     Returns:
         One dict per image: "file", and "detections", a list of {"label", "category_id", "score",
@@ -66,7 +70,13 @@ def predict_images(
     names = list(task_config.data.class_names)
     category_ids = list(task_config.data.category_ids)
     for path in paths:
-        rgb = read_rgb(path)
+        try:
+            rgb = read_rgb(path)
+        except (ValueError, OSError) as error:
+            if failures is None:
+                raise
+            failures.append((str(path), str(error)))
+            continue
         image, _, _ = transform(rgb, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
         images, pad_mask, _ = collate_detection([(image, {})], size_divisor=patch)
         outputs = model(images.to(device), pad_mask.to(device))
@@ -100,11 +110,21 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace, config: DetectionConfig, weights: Path, device: torch.device) -> int:
-    """Print the detections above ``eval.score_threshold``; write detections.json and the overlays."""
+    """Print the detections above ``eval.score_threshold``; write detections.json and the overlays.
+
+    Each bad input (missing, empty folder, unreadable image) gets one line on stderr and the
+    others are still predicted; the status is 1 when any failed (`report_failures`).
+    """
     config = resolve_config(config)
-    files = list_images(args.images)  # fail before loading anything
+    failures: list[tuple[str, str]] = []
+    files: list[Path] = []
+    for item in args.images:
+        try:
+            files.extend(list_images([item]))
+        except (ValueError, OSError) as error:
+            failures.append((str(item), str(error)))
     model = load_weights_for_inference(build_detector(config.model, load_weights=False), weights)
-    rows = predict_images(model, files, config, device, output_dir=args.output)
+    rows = predict_images(model, files, config, device, output_dir=args.output, failures=failures)
     threshold = config.eval.score_threshold
     for row in rows:
         shown = [d for d in row["detections"] if d["score"] >= threshold]
@@ -112,6 +132,7 @@ def run_predict(args: argparse.Namespace, config: DetectionConfig, weights: Path
         for d in shown:
             box = ", ".join(f"{v:.1f}" for v in d["bbox_xyxy"])
             print(f"  {d['label']:<16} {d['score']:.3f}  [{box}]")
-    write_predictions_json(args.output / "detections.json", rows)
-    print(f"wrote {args.output / 'detections.json'} and {len(rows)} overlays to {args.output}")
-    return 0
+    if rows:
+        write_predictions_json(args.output / "detections.json", rows)
+        print(f"wrote {args.output / 'detections.json'} and {len(rows)} overlays to {args.output}")
+    return report_failures(failures, len(rows) + len(failures))

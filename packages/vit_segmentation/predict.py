@@ -4,6 +4,8 @@ A NIfTI file (.nii, .nii.gz) is normalised as ``data.modality`` says (CT window 
 percentiles), sliced along ``data.axis`` and written back as ``<name>_labels.nii.gz`` with the
 input's affine; a PNG/JPEG image is read as grey in [0, 1] (`vit_training.data.read_grey`) and written as
 ``<name>_labels.png`` (pixel value = class index). Each input also gets ``<name>_overlay.png``.
+A bad input (missing, unreadable, not a NIfTI or image) is reported on its own line and the
+others are still segmented.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vit_training.cli import report_failures
 from vit_training.data import IMAGE_EXTENSIONS, read_grey
 from vit_training.loop import load_weights_for_inference
 
@@ -59,35 +62,49 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_predict(args: argparse.Namespace, config: SegmentationConfig, weights: Path, device: torch.device) -> int:
-    """Segment every input; print each one's output file and the classes found."""
-    from PIL import Image
+    """Segment every input; print each one's output file and the classes found.
 
+    Each bad input gets one line on stderr and the others are still segmented; the status is 1
+    when any failed (`report_failures`).
+    """
     config = resolve_config(config)
-    kinds = [input_kind(path) for path in args.inputs]  # fail before loading anything
     model = load_weights_for_inference(build_transunet(config.model, load_weights=False), weights)
     model = model.to(device).eval()
+    args.output.mkdir(parents=True, exist_ok=True)
+    failures: list[tuple[str, str]] = []
+    for path in args.inputs:
+        try:
+            _predict_one(model, path, config, args.output)
+        except (ValueError, OSError, EOFError) as error:
+            failures.append((str(path), str(error)))
+    return report_failures(failures, len(args.inputs))
+
+
+def _predict_one(model: torch.nn.Module, path: Path, config: SegmentationConfig, output: Path) -> None:
+    """Segment one NIfTI volume or image, write its label map and overlay, print one line."""
+    from PIL import Image
+
     data, names = config.data, list(config.data.class_names)
-    output: Path = args.output
-    output.mkdir(parents=True, exist_ok=True)
-    for path, kind in zip(args.inputs, kinds, strict=True):
-        stem = _stem(path)
-        if kind == "nifti":
-            volume = read_nifti_volume(path, None, modality=data.modality, axis=data.axis,
-                                       ct_window=tuple(data.ct_window), mr_percentiles=tuple(data.mr_percentiles))
-            labels = predict_volume(model, volume.image, data.input_size, data.interpolation,
-                                    config.eval.slice_batch_size)
-            target = output / f"{stem}_labels.nii.gz"
-            write_nifti_labels(target, labels, volume)
-            indices = overlay_slice_indices(labels, max(config.eval.overlay_slices, 1))
-            save_overlays(output / f"{stem}_overlay.png", volume.image[indices], labels[indices], names,
-                          titles=[f"{stem} slice {index}" for index in indices])
-        else:
-            image = read_grey(path)
-            labels = predict_volume(model, image, data.input_size, data.interpolation)
-            target = output / f"{stem}_labels.png"
-            Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
-            save_overlays(output / f"{stem}_overlay.png", image[None], labels[None], names, titles=[stem])
-        present = np.unique(labels)
-        classes = ", ".join(names[int(value) - 1] for value in present if value > 0) or "background only"
-        print(f"{path} -> {target} ({classes})")
-    return 0
+    kind = input_kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    stem = _stem(path)
+    if kind == "nifti":
+        volume = read_nifti_volume(path, None, modality=data.modality, axis=data.axis,
+                                   ct_window=tuple(data.ct_window), mr_percentiles=tuple(data.mr_percentiles))
+        labels = predict_volume(model, volume.image, data.input_size, data.interpolation,
+                                config.eval.slice_batch_size)
+        target = output / f"{stem}_labels.nii.gz"
+        write_nifti_labels(target, labels, volume)
+        indices = overlay_slice_indices(labels, max(config.eval.overlay_slices, 1))
+        save_overlays(output / f"{stem}_overlay.png", volume.image[indices], labels[indices], names,
+                      titles=[f"{stem} slice {index}" for index in indices])
+    else:
+        image = read_grey(path)
+        labels = predict_volume(model, image, data.input_size, data.interpolation)
+        target = output / f"{stem}_labels.png"
+        Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
+        save_overlays(output / f"{stem}_overlay.png", image[None], labels[None], names, titles=[stem])
+    present = np.unique(labels)
+    classes = ", ".join(names[int(value) - 1] for value in present if value > 0) or "background only"
+    print(f"{path} -> {target} ({classes})")

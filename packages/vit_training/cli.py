@@ -203,8 +203,10 @@ class TaskCommands:
         config_folder: the folder of shipped configs under configs/, e.g. "classification".
         build_task: builds the `Task` from a loaded config.
         headline: one line of the most telling metrics, e.g. "top1 0.9123  loss 0.2500".
-        predict: runs ``predict`` (see `PredictHandler`); the runner loads the config and finds the
-            weights and device first.
+        predict: runs ``predict`` (see `PredictHandler`); the runner loads the config, finds the
+            weights and device first and calls it under the evaluation's autocast
+            (`predict_precision`). It predicts every readable input, reports each bad one with
+            `report_failures` and returns that status.
         add_predict_arguments: adds the task's own ``predict`` arguments (inputs, ``--output``, ...).
         predict_help: one line for the command list.
         predict_description: ``predict --help`` text.
@@ -380,12 +382,56 @@ def inference_device(cpu: bool) -> torch.device:
     return torch.device("cpu") if cpu else PartialState().device
 
 
+def predict_precision(config: Any, device: torch.device, requested: str | None = None) -> str:
+    """The precision ``predict`` runs at: ``requested``, else what ``evaluate`` uses on `device`.
+
+    ``evaluate`` and `fit`'s evaluations run under the autocast of `vit_training.loop.build_accelerator`,
+    i.e. ``train.mixed_precision`` resolved for the device (`resolve_mixed_precision`); predicting at
+    the same precision gives exactly the outputs those metrics were computed from.
+
+    Returns:
+        ``"no"``, ``"bf16"`` or ``"fp16"``.
+    """
+    from .config import resolve_mixed_precision
+
+    return resolve_mixed_precision(requested or config.train.mixed_precision, device)
+
+
+def inference_autocast(precision: str, device: torch.device) -> Any:
+    """The autocast context Accelerate's ``accelerator.autocast()`` opens for `precision` on `device`."""
+    import contextlib
+
+    import torch
+
+    if precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def report_failures(failures: Sequence[tuple[str | os.PathLike, str]], total: int) -> int:
+    """Print each failed input of ``predict`` as ``<path>: <what is wrong>`` and a summary on stderr.
+
+    Returns:
+        the exit status: 1 when any input failed, else 0.
+    """
+    for path, message in failures:
+        text = message if message.startswith(str(path)) else f"{path}: {message}"
+        print(" ".join(text.split()), file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {total} inputs failed", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _predict(spec: TaskCommands, args: argparse.Namespace) -> int:
     config = _load(spec, args, args.overrides)
     if args.print_config:
         print(config_yaml(config), end="")
         return 0
-    return spec.predict(args, config, weights_file(args.weights), inference_device(args.cpu))
+    device = inference_device(args.cpu)
+    precision = predict_precision(config, device, args.precision)
+    with inference_autocast(precision, device):
+        return spec.predict(args, config, weights_file(args.weights), device)
 
 
 # ------------------------------------------------------------------------------------------ parsers
@@ -464,6 +510,9 @@ def add_task_commands(parser: argparse.ArgumentParser, spec: TaskCommands, prog:
     _weights_and_config(predict)
     spec.add_predict_arguments(predict)
     predict.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is visible")
+    predict.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default=None,
+                         help="autocast precision (default: train.mixed_precision of the config, resolved for "
+                              "the device as evaluate does, so predictions reproduce the evaluated metrics)")
     predict.add_argument("--set", dest="overrides", action="append", default=[], metavar="key.sub=value",
                          help="a config override (repeatable), e.g. --set train.seed=1")
     _common(predict)
