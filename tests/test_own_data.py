@@ -178,10 +178,18 @@ def test_nifti_folder_recipe_splits_trains_evaluates_and_predicts(tmp_path: Path
     assert not set(split["train"]) & set(split["eval"]) and sorted(split["train"] + split["eval"]) == CASES
     assert (split["train"], split["eval"]) == split_cases(CASES, 0.4, seed=0)
 
-    # evaluate reads the run's config and finds the same held-out cases.
+    # The drawn cases are in the run's config: evaluate finds the same ones, also after the folder grows
+    # (a new draw over six cases could pick a case the model trained on).
+    saved = load_config(SegmentationConfig, run_dir / "config.yaml")
+    assert saved.data.eval_cases == split["eval"]
+    write_nifti_folder(tmp_path / "more", ["scan_005"])
+    for folder, name in (("imagesTr", "scan_005_0000.nii.gz"), ("labelsTr", "scan_005.nii.gz")):
+        (tmp_path / "more" / folder / name).rename(data / folder / name)
     assert run("segment", "evaluate", "--weights", str(run_dir)) == 0
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert metrics["cases"] == 2
+    rows = (run_dir / "eval" / "per_case_standard.csv").read_text().splitlines()
+    assert sorted(row.split(",")[0] for row in rows[1:]) == split["eval"]
 
     out = tmp_path / "predicted"
     scan = data / "imagesTr" / f"{split['eval'][0]}_0000.nii.gz"
@@ -224,7 +232,7 @@ def test_val_fraction_errors_are_one_line(tmp_path: Path, capsys: pytest.Capture
                f"train.output_dir={tmp_path / 'run'}", *TINY) == 1
     lines = error_lines(capsys)
     assert len(lines) == 1 and "data.val_fraction=0.2" in lines[0] and str(data) in lines[0], lines
-    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made: a rerun needs no --overwrite
     # A fraction of 1 would leave nothing to train on: a config error, exit 2.
     assert run("segment", "train", "--config", "nifti_folder", f"data.root={data}",
                f"train.output_dir={tmp_path / 'run2'}", "data.val_fraction=1.0") == 2

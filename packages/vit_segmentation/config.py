@@ -99,8 +99,9 @@ class DataConfig:
             Without `eval_root`, `eval_cases` and `val_fraction` training runs without evaluation.
         val_fraction: NIfTI only: when neither `eval_cases` nor `eval_root` is set, hold out this
             fraction of the cases of `root` for evaluation (whole cases, drawn with `train.seed`,
-            at least one on each side); training writes the case lists to ``split.json`` in the
-            run folder. 0 holds out nothing.
+            at least one on each side). The drawn cases fill `eval_cases` in the run's saved
+            config (so `evaluate` keeps them when the folder grows) and training lists both sides
+            in ``split.json`` in the run folder. 0 holds out nothing.
         class_names: names of the foreground classes 1..model.num_classes-1 (metric columns); None reads
             ``root/classes.txt`` (one name a line) when present, else "class_1", "class_2", ...
         input_size: (height, width) the slices are resized to for the model (training and

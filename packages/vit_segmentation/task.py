@@ -87,13 +87,17 @@ def _read_class_file(path: Path, num_classes: int) -> list[str]:
 def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
     """A copy of `config` with what it leaves to the data filled in.
 
-    `data.class_names` (from ``data.root/classes.txt`` when present, else "class_1", ...) and
-    `model.backbone.img_size` (`data.input_size`). Saved as the run's config.yaml, the result rebuilds the
-    same model and names its classes without the data (for `predict`).
+    `data.class_names` (from ``data.root/classes.txt`` when present, else "class_1", ...),
+    `model.backbone.img_size` (`data.input_size`) and, for a NIfTI folder split by
+    `data.val_fraction`, `data.eval_cases` (the drawn cases, `split_cases`). Saved as the run's
+    config.yaml, the result rebuilds the same model, names its classes without the data (for
+    `predict`) and evaluates the same cases even after cases are added to the folder.
 
     Raises:
-        ValueError: ``classes.txt`` does not have num_classes - 1 (or num_classes) names.
+        ValueError: ``classes.txt`` does not have num_classes - 1 (or num_classes) names; fewer
+            than two cases to split.
     """
+    config = _draw_eval_cases(config)
     data, model = config.data, config.model
     names = list(data.class_names) if data.class_names is not None else None
     if names is None:
@@ -106,6 +110,21 @@ def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
     return dataclasses.replace(config, data=data, model=model)
 
 
+def _draw_eval_cases(config: SegmentationConfig) -> SegmentationConfig:
+    """`config` with `data.eval_cases` drawn by `data.val_fraction` from the NIfTI folder, when that
+    applies (no explicit `eval_cases` / `eval_root`, the images folder present); else as it is."""
+    data = config.data
+    if (data.format != "nifti" or data.val_fraction <= 0 or data.eval_cases or data.eval_root is not None
+            or data.root is None or not (Path(data.root) / "imagesTr").is_dir()):
+        return config
+    cases = [case for case, _, _ in find_nifti_cases(data.root)]
+    try:
+        _, held_out = split_cases(cases, data.val_fraction, config.train.seed)
+    except ValueError as error:
+        raise ValueError(f"data.root={data.root!r}: {error}") from None
+    return dataclasses.replace(config, data=dataclasses.replace(data, eval_cases=held_out))
+
+
 # ------------------------------------------------------------------------------------------ data
 def _volume_list(volumes: list[Volume]) -> list[Volume]:
     """Evaluation collation: the volumes as they are (they differ in size; no stacking)."""
@@ -116,8 +135,8 @@ def split_cases(cases: Sequence[str], val_fraction: float, seed: int) -> tuple[l
     """(training cases, evaluation cases) of `cases`: a seeded draw of whole cases.
 
     ``round(val_fraction * len(cases))`` cases, clamped to [1, len(cases) - 1], are held out. The
-    draw depends only on the sorted case names and `seed`, so `evaluate` on the run's saved
-    config finds the same evaluation cases as training did. Both lists come back sorted.
+    draw depends only on the sorted case names and `seed` (not on the listing order); a run keeps
+    its drawn cases in its saved config (`resolve_config`). Both lists come back sorted.
 
     Raises:
         ValueError: fewer than two cases (nothing would be left on one side).
@@ -206,6 +225,8 @@ class SegmentationTask(Task):
 
     def __init__(self, config: SegmentationConfig) -> None:
         self.config = resolve_config(config)
+        # Whether data.eval_cases was drawn here by data.val_fraction (split.json says so).
+        self.drawn_split = bool(self.config.data.eval_cases) and not config.data.eval_cases
         self.criterion = CeDiceLoss(self.num_classes, self.config.loss.ce_weight, self.config.loss.dice_weight)
 
     @property
@@ -245,14 +266,7 @@ class SegmentationTask(Task):
         """(training cases, evaluation cases) of a NIfTI data set."""
         data = self.config.data
         cases = find_nifti_cases(self._root())
-        held_out = set(data.eval_cases)
-        if data.val_fraction > 0 and not held_out and data.eval_root is None:
-            # An explicit data.eval_cases / data.eval_root wins over the drawn split.
-            try:
-                held_out = set(split_cases([case for case, _, _ in cases], data.val_fraction,
-                                           self.config.train.seed)[1])
-            except ValueError as error:
-                raise ValueError(f"data.root={data.root!r}: {error}") from None
+        held_out = set(data.eval_cases)  # with data.val_fraction: the cases resolve_config drew
         unknown = held_out - {case for case, _, _ in cases}
         if unknown:
             known = ", ".join(case for case, _, _ in cases[:5])
@@ -277,8 +291,8 @@ class SegmentationTask(Task):
             return
         data = self.config.data
         train, evaluation = self._nifti_cases()
-        source = ("eval_cases" if data.eval_cases else "eval_root" if data.eval_root is not None
-                  else "val_fraction" if data.val_fraction > 0 else "none")
+        source = ("val_fraction" if self.drawn_split else "eval_cases" if data.eval_cases
+                  else "eval_root" if data.eval_root is not None else "none")
         record = {"source": source, "val_fraction": data.val_fraction, "seed": self.config.train.seed,
                   "train": [case for case, _, _ in train], "eval": [case for case, _, _ in evaluation]}
         path.parent.mkdir(parents=True, exist_ok=True)
