@@ -15,12 +15,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from accelerate.state import AcceleratorState
 from PIL import Image
 from safetensors.torch import save_file
 
 from vit_training.cli import TaskCommands, discover_tasks, run_task
 from vit_training.config import load_config, save_config
+from vit_training.loop import build_accelerator, load_weights_for_inference
 
 TASKS = discover_tasks()
 
@@ -38,10 +40,20 @@ def run(spec: TaskCommands, *argv: str) -> int:
 
 
 def make_run(spec: TaskCommands, folder: Path, overrides: list[str]) -> Path:
-    """A run folder as `fit` leaves it: config.yaml and model.safetensors (random weights)."""
+    """A run folder as `fit` leaves it: config.yaml and model.safetensors (seeded random weights).
+
+    Every weight gets noise on top of its initialisation, so outputs vary across pixels and have
+    near ties: fp32 and bf16 then give different labels for some inputs, which a fresh
+    initialisation (nearly constant outputs) would not show.
+    """
     config = load_config(spec.config_schema, None, [*overrides, f"train.output_dir={folder}"])
     task = spec.build_task(config)
+    torch.manual_seed(0)
     model = spec.inference_model(task) if spec.inference_model is not None else task.build_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.2)
     folder.mkdir(parents=True, exist_ok=True)
     save_config(task.config, folder / "config.yaml")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
@@ -208,6 +220,13 @@ def test_segment_predict_equals_evaluate_and_keeps_the_nifti_header(tmp_path: Pa
                               spacing=(2.0, 2.0, 2.0))
     for key, value in summarize(dice[None], hd95[None], ["left", "right"], "transunet").items():
         assert math.isclose(metrics[key], value, abs_tol=1e-12) or (math.isnan(value) and math.isnan(metrics[key])), key
+    # Voxel for voxel the labels of the evaluation path: the evaluation case under the autocast of
+    # the Accelerator that `evaluate` builds for this config.
+    task = spec.build_task(load_config(spec.config_schema, run_dir / "config.yaml"))
+    model = load_weights_for_inference(spec.inference_model(task), run_dir / "model.safetensors").eval()
+    with torch.no_grad(), build_accelerator(task.config.train).autocast():
+        evaluated = task.predict_volume(model, task.build_eval_dataset()[0])
+    np.testing.assert_array_equal(prediction, evaluated)
 
 
 def test_segment_predict_keeps_codes_1_0_and_reports_bad_inputs(tmp_path: Path,
