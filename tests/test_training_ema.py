@@ -78,3 +78,16 @@ def test_decay_outside_the_open_unit_interval_is_refused() -> None:
     for decay in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match="EMA decay must lie in"):
             ModelEma(nn.Linear(2, 2), decay=decay)
+
+
+def test_initial_weight_share_and_the_warning_name_the_numbers() -> None:
+    from vit_training.ema import ema_warning, initial_weight_share
+
+    assert initial_weight_share(0.995, False, 124) == pytest.approx(0.995 ** 124)  # 54%: the demo's short run
+    # Warmed up: 2/11 * 3/12 * 4/13 after three updates, then the cap.
+    assert initial_weight_share(0.99, True, 3) == pytest.approx(2 / 11 * 3 / 12 * 4 / 13)
+    # A cap below the rule's first decay (2/11): the cap throughout.
+    assert initial_weight_share(0.15, True, 5) == pytest.approx(0.15 ** 5)
+    line = ema_warning(0.995, False, 124)
+    assert line is not None and "over 124 optimizer steps leaves 53.7%" in line and "train.ema_warmup=true" in line
+    assert ema_warning(0.995, True, 124) is None and ema_warning(0.9, False, 100) is None
