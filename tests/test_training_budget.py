@@ -175,3 +175,21 @@ def test_resume_inside_a_budgeted_run_keeps_the_plan_and_ends_at_the_same_step(t
     expected = load_file(str(reference_dir / "model.safetensors"))
     for name, tensor in load_file(str(run_dir / "model.safetensors")).items():
         assert torch.equal(tensor, expected[name]), name
+
+
+def test_budget_plan_shortens_a_longer_warmup_and_warns_of_the_ema_with_the_planned_steps(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The run's length is known only once planned: both checks run then, with its numbers."""
+    clock = FakeClock()
+    config = toy_config(tmp_path, "train.time_budget_min=1", "train.budget_safety=0.9", "train.budget_probe_steps=4",
+                        "train.num_evals=2", "schedule.min_lr_ratio=0.1", "schedule.warmup_steps=100",
+                        "train.ema_decay=0.99", "train.ema_warmup=false")
+    with caplog.at_level("INFO", logger="vit_training"):
+        fit(TimedToyTask(config, clock), config, clock=clock)
+    assert json.loads((tmp_path / PLAN_FILE).read_text())["total_steps"] == 48
+    assert ("schedule.warmup_steps=100 is not shorter than the run (48 optimizer steps): warm-up shortened to 4 steps"
+            in caplog.text)
+    assert "EMA: train.ema_decay=0.99 over 48 optimizer steps leaves 61.7% of the random initial weights" in caplog.text
+    train = records(tmp_path, "train")
+    assert train[-1]["step"] == 48 and train[-1]["lr"] == pytest.approx(0.1 * config.optim.lr)  # the decay ran its course
+    assert (tmp_path / "model.safetensors").is_file()
