@@ -184,3 +184,13 @@ def test_warmup_longer_than_the_run_is_shortened_with_a_warning(tmp_path: Path, 
     lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()
            if json.loads(line)["split"] == "train"]
     assert lrs[0] == max(lrs) and lrs[-1] < 0.01 * max(lrs)  # (the lr of the next step) peak after the 1-step warm-up, then the decay
+
+
+def test_a_run_that_fails_while_setting_up_does_not_block_the_next(tmp_path: Path, config_file: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert train(config_file, run, "train.batch_size=500") == 1  # larger than the 96 training samples
+    assert "larger than the training set" in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert train(config_file, run) == 0

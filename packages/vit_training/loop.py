@@ -68,6 +68,7 @@ from .config import (
     resolve_mixed_precision,
     save_config,
 )
+from .data import SKIPPED_SAMPLES_FILE
 from .ema import ModelEma, ema_warning
 from .metrics_log import MetricsLogger, check_trackers
 from .optim import build_optimizer
@@ -88,7 +89,7 @@ RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.jsonl", WEIGHTS_FILE)
 # (logs, curves, the budget plan and probe, the `evaluate` command's default folder, half-written
 # exports). A task's own files come from `fit(run_files=...)`.
 ENGINE_RUN_FILES = (*RUN_MARKERS, "metrics.csv", "curves.png", PLAN_FILE, "budget_probe", "eval",
-                    WEIGHTS_FILE + ".tmp", "config.yaml.tmp")
+                    SKIPPED_SAMPLES_FILE, WEIGHTS_FILE + ".tmp", "config.yaml.tmp")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -353,8 +354,6 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
             logger.warning("train.overwrite: removed the old run's %s from %s",
                            ", ".join(sorted(path.name for path in removed)), output_dir)
         accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_config(config, output_dir / "config.yaml")
     logger.info("run folder %s: %d process(es) on %s, mixed precision %s", output_dir,
                 accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     note = _precision_note(train, accelerator.mixed_precision)
@@ -429,6 +428,10 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
                     state.global_step)
     last_saved_step = state.global_step if resume_from is not None else -1
     elapsed_before = state.elapsed_s
+    # Written once the model, data and checkpoint have loaded: a run that fails while setting up
+    # (a bad file in the data) leaves no config.yaml that would mark its folder as holding a run.
+    if accelerator.is_main_process:
+        save_config(config, output_dir / "config.yaml")
 
     def run_clock() -> float:
         """Seconds of this run so far: this fit's, plus those of the runs it resumed."""
