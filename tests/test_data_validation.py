@@ -182,3 +182,58 @@ def test_detect_warns_when_num_queries_is_below_the_most_objects(tmp_path: Path,
         assert run("detect", *DETECT, f"data.root={root}", f"train.output_dir={out}", "model.num_queries=3",
                    "train.max_steps=1") == 0
     assert any("5 objects but model.num_queries=3" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# ------------------------------------------------------------------------------------------ segmentation
+def write_synapse(root: Path, train_slices: int = 4, test_cases: int = 2) -> None:
+    """Synapse layout: 32 x 32 npz training slices, 4 x 32 x 32 h5 test volumes, labels 0..2."""
+    rng = np.random.default_rng(0)
+    for folder in ("train_npz", "test_vol_h5", "lists"):
+        (root / folder).mkdir(parents=True)
+    names = [f"case0001_slice{i:03d}" for i in range(train_slices)]
+    for name in names:
+        labels = rng.integers(0, 3, (32, 32)).astype(np.float32)
+        np.savez(root / "train_npz" / f"{name}.npz", image=rng.random((32, 32), dtype=np.float32), label=labels)
+    (root / "lists" / "train.txt").write_text("\n".join(names) + "\n")
+    cases = [f"case{i + 11:04d}" for i in range(test_cases)]
+    for case in cases:
+        write_volume(root / "test_vol_h5" / f"{case}.npy.h5", rng.integers(0, 3, (4, 32, 32)))
+    (root / "lists" / "test_vol.txt").write_text("\n".join(cases) + "\n")
+
+
+def write_volume(path: Path, labels: np.ndarray) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle["image"] = np.random.default_rng(1).random(labels.shape, dtype=np.float32)
+        handle["label"] = labels.astype(np.float32)
+
+
+SEGMENT_SMALL = [*SEGMENT, "data.input_size=[32,32]", "model.num_classes=3", "data.class_names=[a,b]"]
+
+
+def test_segment_corrupt_training_slice_stops_and_skip_lists_it(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "data"
+    write_synapse(root)
+    bad = root / "train_npz" / "case0001_slice002.npz"
+    bad.write_bytes(b"PK garbage")
+    out = tmp_path / "run"
+    assert run("segment", *SEGMENT_SMALL, f"data.root={root}", f"train.output_dir={out}") == 1
+    assert str(bad) in error_line(capsys) and no_checkpoint(out)
+    out = tmp_path / "skip"
+    assert run("segment", *SEGMENT_SMALL, f"data.root={root}", f"train.output_dir={out}",
+               "data.on_bad_sample=skip", "train.max_steps=1") == 0
+    assert (out / SKIPPED_SAMPLES_FILE).read_text().startswith(f"{bad}\t")
+
+
+def test_segment_evaluation_label_out_of_range_stops_before_training(tmp_path: Path, capsys) -> None:
+    root, out = tmp_path / "data", tmp_path / "run"
+    write_synapse(root)
+    bad = root / "test_vol_h5" / "case0012.npy.h5"
+    labels = np.zeros((4, 32, 32))
+    labels[2, 5, 5] = 7
+    write_volume(bad, labels)
+    assert run("segment", *SEGMENT_SMALL, f"data.root={root}", f"train.output_dir={out}", "data.on_bad_sample=skip") == 1
+    line = error_line(capsys)
+    assert str(bad) in line and "7" in line, line
+    assert no_checkpoint(out)

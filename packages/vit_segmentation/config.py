@@ -27,6 +27,7 @@ Modality = Literal["ct", "mr"]
 Interpolation = Literal["bilinear", "bicubic"]
 MetricMode = Literal["transunet", "standard"]
 FlipAxis = Literal["random", "height", "width"]
+OnBadSample = Literal["error", "skip"]
 
 
 def _check(condition: bool, message: str) -> None:
@@ -113,6 +114,10 @@ class DataConfig:
         ct_window: NIfTI CT: (low, high) HU window (TransUNet: [-125, 275]).
         mr_percentiles: NIfTI MR: (low, high) intensity percentiles.
         skip_empty_slices: NIfTI only: train on slices with some foreground only.
+        on_bad_sample: a training slice file (Synapse) or case (NIfTI) that is missing or
+            unreadable: ``"error"`` stops before the first step naming the file; ``"skip"``
+            leaves it out with a warning and lists it in ``skipped_samples.txt`` of the run
+            folder. Evaluation cases are always read in full up front and never skipped.
     """
 
     format: DataFormat = "synapse"
@@ -131,6 +136,7 @@ class DataConfig:
     ct_window: tuple[float, float] = (-125.0, 275.0)
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     skip_empty_slices: bool = False
+    on_bad_sample: OnBadSample = "error"
 
     def __post_init__(self) -> None:
         check_choices(self)

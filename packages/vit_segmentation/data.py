@@ -29,6 +29,7 @@ outside [0, num_classes) never reaches the loss (where it would be a device-side
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zipfile
@@ -62,14 +63,19 @@ __all__ = [
     "Volume",
     "case_name",
     "check_label_values",
+    "check_nifti_header",
+    "check_slice_header",
     "find_nifti_cases",
     "normalize_ct",
     "normalize_mr",
+    "npz_array_headers",
     "read_list",
     "read_nifti_volume",
     "nifti_label_header",
     "write_nifti_labels",
 ]
+
+logger = logging.getLogger(__name__)
 
 Modality = Literal["ct", "mr"]
 # A transform of one training slice: (image float32 (H, W), label int64 (H, W)) -> anything.
@@ -801,11 +807,15 @@ class AugmentedSlices(Dataset):
         seed: the run's seed for per-sample reseeding; None for a deterministic transform.
     """
 
-    def __init__(self, source: Dataset, transform: SlicePipeline, seed: int | None = None) -> None:
+    def __init__(self, source: Dataset, transform: SlicePipeline, seed: int | None = None,
+                 skip_unreadable: bool = False) -> None:
         self.source = source
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        # data.on_bad_sample=skip: a slice that became unreadable after the up-front check is
+        # replaced by the next readable one instead of stopping the run.
+        self.skip_unreadable = skip_unreadable
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch the augmentation seeds are drawn for (the loop calls it every epoch)."""
@@ -814,8 +824,98 @@ class AugmentedSlices(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
+    def _read(self, index: int) -> tuple[int, Any]:
+        """(item index, source item) of `index`, or of the next readable item under `skip_unreadable`."""
+        for step in range(len(self) if self.skip_unreadable else 1):
+            candidate = (index + step) % len(self)
+            try:
+                return candidate, self.source[candidate]
+            except (OSError, ValueError) as exc:
+                if not self.skip_unreadable:
+                    raise
+                logger.warning("data.on_bad_sample=skip: %s; using the next slice instead", _one_line(exc))
+        raise ValueError(f"no readable slice left among the {len(self)} training slices")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, labels = self.source[index]
+        index, (image, labels) = self._read(index)
         if self.seed is not None:
             self.transform.set_seed(sample_seed(self.seed, self.epoch, index))
         return self.transform(image, labels)
+
+
+# ------------------------------------------------------------------------------------ up-front checks
+def npz_array_headers(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{key: (shape, dtype)} of the arrays of an ``.npz`` archive, from the .npy headers only.
+
+    Reads a few bytes per member (no array data is decompressed beyond its header), so a
+    training folder of thousands of slices is checked in seconds.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file when it is not a zip of .npy arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: slice file not found")
+    headers: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.namelist():
+                if not member.endswith(".npy"):
+                    continue
+                with archive.open(member) as stream:
+                    version = np.lib.format.read_magic(stream)
+                    if version in ((1, 0), (2, 0)):
+                        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0)
+                        shape, _fortran, dtype = read_header(stream)
+                    else:  # format 3.0 (utf-8 field names) has no public header reader: read the array
+                        array = np.lib.format.read_array(stream, allow_pickle=False)
+                        shape, dtype = array.shape, array.dtype
+                headers[member[: -len(".npy")]] = (tuple(shape), dtype)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
+        raise ValueError(f"{path}: not a readable .npz file with numeric arrays ({_one_line(exc)})") from exc
+    return headers
+
+
+def check_slice_header(path: str | os.PathLike) -> None:
+    """A Synapse training slice's header: 'image' and 'label' arrays of one 2D shape, numeric.
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file and what is wrong.
+    """
+    headers = npz_array_headers(path)
+    missing = [key for key in ("image", "label") if key not in headers]
+    if missing:
+        raise ValueError(f"{path}: missing key {missing[0]!r} (expected 'image' and 'label', found {sorted(headers)})")
+    (image_shape, image_dtype), (label_shape, label_dtype) = headers["image"], headers["label"]
+    if len(image_shape) != 2 or label_shape != image_shape:
+        raise ValueError(
+            f"{path}: expected 2D 'image' and 'label' of one shape (H, W), got {image_shape} and {label_shape}"
+        )
+    for key, dtype in (("image", image_dtype), ("label", label_dtype)):
+        if dtype.kind not in "biuf":
+            raise ValueError(f"{path}: {key!r} has dtype {dtype}, expected numbers")
+
+
+def check_nifti_header(image_path: str | os.PathLike, label_path: str | os.PathLike | None) -> None:
+    """A NIfTI case's headers: both files read as NIfTI, 3D (trailing 1s allowed), one grid shape.
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file and what is wrong.
+    """
+    image_path = Path(image_path)
+    image_shape = _as_3d_shape(_load_nifti(image_path).shape, image_path)
+    if label_path is not None:
+        label_path = Path(label_path)
+        label_shape = _as_3d_shape(_load_nifti(label_path).shape, label_path)
+        if label_shape != image_shape:
+            raise ValueError(f"{label_path}: label shape {label_shape} differs from image {image_path} shape {image_shape}")
+
+
+def _as_3d_shape(shape: tuple[int, ...], path: Path) -> tuple[int, ...]:
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {shape} (one channel per file is supported)")
+    return tuple(shape)

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
+from vit_training.data import find_bad_files, handle_bad_samples
 from vit_training.task import Task
 
 from .config import SegmentationConfig
@@ -40,6 +41,8 @@ from .data import (
     SynapseSliceDataset,
     SynapseVolumeDataset,
     Volume,
+    check_nifti_header,
+    check_slice_header,
     find_nifti_cases,
 )
 from .losses import CeDiceLoss
@@ -305,28 +308,61 @@ class SegmentationTask(Task):
                 "ct_window": tuple(data.ct_window), "mr_percentiles": tuple(data.mr_percentiles)}
 
     def build_train_dataset(self) -> AugmentedSlices:
-        """The training slices with seeded augmentation."""
+        """The training slices with seeded augmentation, every file checked before the first step.
+
+        Synapse slices are checked from their .npz headers (keys, 2D shapes, numeric dtypes), NIfTI
+        cases from their headers (readable, 3D, one grid shape) and then read in full (labels
+        within model.num_classes). Bad ones are an error naming the file, or left out under
+        ``data.on_bad_sample=skip`` (listed in ``skipped_samples.txt`` of the run folder).
+        """
         data = self.config.data
+        skip = data.on_bad_sample == "skip"
         if data.format == "synapse":
             source: Dataset = SynapseSliceDataset(self._root(), list_file=data.train_list,
                                                   num_classes=self.num_classes, list_dir=data.list_dir)
+            names = [str(path) for path in source.paths]
+            skipped = self._handle(find_bad_files(names, lambda i: check_slice_header(names[i])), len(names))
+            if skipped:
+                keep = [i for i, name in enumerate(names) if name not in skipped]
+                source.names = [source.names[i] for i in keep]
+                source.paths = [source.paths[i] for i in keep]
         else:
             train, _ = self._nifti_cases()
             if not train:
                 raise FileNotFoundError(f"data.root={data.root!r}: no training cases left after data.eval_cases")
+            names = [str(image) for _, image, _ in train]
+            problems = find_bad_files(names, lambda i: check_nifti_header(train[i][1], train[i][2]))
+            skipped = self._handle(problems, len(names))
+            train = [case for case, name in zip(train, names, strict=True) if name not in skipped]
             source = NiftiSliceDataset(train, skip_empty=data.skip_empty_slices, **self._nifti_args())
-        return AugmentedSlices(source, self.train_transform(), seed=self.config.train.seed)
+        return AugmentedSlices(source, self.train_transform(), seed=self.config.train.seed, skip_unreadable=skip)
+
+    def _handle(self, problems: list[tuple[str, str]], total: int) -> set[str]:
+        """The training files to leave out (`vit_training.data.handle_bad_samples` under data.on_bad_sample)."""
+        return handle_bad_samples(problems, split="training", total=total, on_bad_sample=self.config.data.on_bad_sample,
+                                  output_dir=self.config.train.output_dir)
 
     def build_eval_dataset(self) -> Dataset | None:
-        """The evaluation volumes (`data.Volume` items, labels required), or None when there are none."""
+        """The evaluation volumes (`data.Volume` items, labels required), or None when there are none.
+
+        Every case is read in full here (two at a time: volumes are large) so that an unreadable
+        file, an image/label shape mismatch or a label outside model.num_classes stops the run
+        before training rather than at its first evaluation; evaluation cases are never skipped.
+        """
         data = self.config.data
         if data.format == "synapse":
-            return SynapseVolumeDataset(self._root(), list_file=data.test_list, num_classes=self.num_classes,
-                                        list_dir=data.list_dir)
-        _, evaluation = self._nifti_cases()
-        if not evaluation:
-            return None
-        return NiftiVolumeDataset(evaluation, **self._nifti_args())
+            dataset: Dataset = SynapseVolumeDataset(self._root(), list_file=data.test_list,
+                                                    num_classes=self.num_classes, list_dir=data.list_dir)
+            names = [str(path) for path in dataset.paths]
+        else:
+            _, evaluation = self._nifti_cases()
+            if not evaluation:
+                return None
+            dataset = NiftiVolumeDataset(evaluation, **self._nifti_args())
+            names = [str(image) for _, image, _ in dataset.cases]
+        problems = find_bad_files(names, lambda i: dataset[i], threads=2)
+        handle_bad_samples(problems, split="evaluation", total=len(names), on_bad_sample="error", output_dir=None)
+        return dataset
 
     def build_datasets(self) -> tuple[Dataset, Dataset | None]:
         """(training slices, evaluation volumes or None)."""

@@ -512,12 +512,16 @@ def image_header_size(path: str | os.PathLike) -> tuple[int, int]:
     return int(width), int(height)
 
 
-def find_bad_files(names: Sequence[str], check: Callable[[int], None]) -> list[tuple[str, str]]:
+def find_bad_files(
+    names: Sequence[str], check: Callable[[int], object], threads: int = _CHECK_THREADS
+) -> list[tuple[str, str]]:
     """Run `check(i)` for every item in a thread pool; the items whose check raised.
 
     Args:
         names: the name of each item (a file path), reported with its problem.
-        check: raises FileNotFoundError, OSError or ValueError when item i is unusable.
+        check: raises FileNotFoundError, OSError or ValueError when item i is unusable (what it
+            returns is ignored).
+        threads: at most this many checks at once (fewer for checks that hold large arrays).
 
     Returns:
         (name, one-line reason) of each failing item, in item order.
@@ -535,7 +539,7 @@ def find_bad_files(names: Sequence[str], check: Callable[[int], None]) -> list[t
     if len(names) <= 1:
         results = [run(i) for i in range(len(names))]
     else:
-        with ThreadPoolExecutor(max_workers=min(_CHECK_THREADS, len(names))) as pool:
+        with ThreadPoolExecutor(max_workers=min(threads, len(names))) as pool:
             results = list(pool.map(run, range(len(names))))
     return [result for result in results if result is not None]
 
