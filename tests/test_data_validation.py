@@ -237,3 +237,51 @@ def test_segment_evaluation_label_out_of_range_stops_before_training(tmp_path: P
     line = error_line(capsys)
     assert str(bad) in line and "7" in line, line
     assert no_checkpoint(out)
+
+
+def write_nifti(root: Path, cases: int = 3) -> None:
+    """An nnU-Net style folder: imagesTr/<case>_0000.nii.gz and labelsTr/<case>.nii.gz, 32 x 32 x 4."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for index in range(cases):
+        case = f"case{index:02d}"
+        image = rng.normal(0, 100, (32, 32, 4)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{case}_0000.nii.gz")
+        labels = rng.integers(0, 3, (32, 32, 4)).astype(np.uint8)
+        nib.save(nib.Nifti1Image(labels, np.eye(4)), root / "labelsTr" / f"{case}.nii.gz")
+
+
+def test_segment_nifti_label_grid_mismatch_is_named_and_skippable(tmp_path: Path, capsys) -> None:
+    import nibabel as nib
+
+    root = tmp_path / "data"
+    write_nifti(root)
+    bad = root / "labelsTr" / "case01.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 30, 4), np.uint8), np.eye(4)), bad)
+    nifti = [*SEGMENT_SMALL, "data.format=nifti", "data.eval_cases=[case02]", "model.backbone.in_chans=1"]
+    out = tmp_path / "run"
+    assert run("segment", *nifti, f"data.root={root}", f"train.output_dir={out}") == 1
+    line = error_line(capsys)
+    assert str(bad) in line and "(32, 30, 4)" in line, line
+    out = tmp_path / "skip"
+    assert run("segment", *nifti, f"data.root={root}", f"train.output_dir={out}", "data.on_bad_sample=skip",
+               "train.max_steps=1") == 0
+    assert "case01_0000.nii.gz\t" in (out / SKIPPED_SAMPLES_FILE).read_text()
+
+
+def test_a_file_gone_during_training_is_replaced_under_skip(tmp_path: Path) -> None:
+    from vit_classification.data import AugmentedSamples, ImageFolderDataset
+    from vit_classification.transforms import build_eval_transform
+
+    root = tmp_path / "data"
+    write_imagefolder(root)
+    source = ImageFolderDataset(root / "train", channels=1)
+    transform = build_eval_transform(16, 1, [0.5], [0.5], crop_pct=1.0)
+    (root / "train" / "a" / "a0.png").unlink()  # after the check: a race with another process
+    with pytest.raises(FileNotFoundError, match="a0.png"):
+        AugmentedSamples(source, transform)[0]
+    tensor, label, index = AugmentedSamples(source, transform, skip_unreadable=True)[0]
+    assert tensor.shape == (1, 16, 16) and (label, index) == (0, 1)
