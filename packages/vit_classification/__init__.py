@@ -6,6 +6,7 @@ batches (timm's Mixup/CutMix with label smoothing); `visualize` draws the confus
 prediction grids.
 """
 
+from .api import Classification, Classifier
 from .data import (
     CIFAR10_CLASSES,
     DEBIAN_FASHION_MNIST_DIR,
@@ -37,6 +38,8 @@ from .transforms import (
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "Classification",
+    "Classifier",
     "DEBIAN_FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "IMAGE_EXTENSIONS",

@@ -22,9 +22,15 @@ from .config import ClassificationConfig
 from .data import list_images, read_image, resolve_config
 from .metrics import write_predictions_csv
 from .model import build_classifier
-from .transforms import build_eval_transform
+from .transforms import ImageTransform, build_eval_transform
 
-__all__ = ["add_predict_arguments", "predict_images", "run_predict"]
+__all__ = [
+    "add_predict_arguments",
+    "classify_batch",
+    "eval_transform",
+    "predict_images",
+    "run_predict",
+]
 
 
 @torch.no_grad()
@@ -63,11 +69,7 @@ def predict_images(
         ValueError: a file is not a readable image (one line naming it; without `failures`).
     """
     data = cfg.data
-    if data.mean is None or data.std is None:
-        raise ValueError("predict_images needs a resolved config (data.mean / data.std set): use resolve_config")
-    transform = build_eval_transform(
-        data.input_size, data.channels, data.mean, data.std, crop_pct=data.crop_pct, interpolation=data.interpolation
-    )
+    transform = eval_transform(cfg)
     files: list[Path] = []
     for item in paths:
         try:
@@ -77,6 +79,7 @@ def predict_images(
                 raise
             failures.append((str(item), str(error)))
     model = model.to(device).eval()
+    names = list(class_names) if class_names is not None else None
     results: list[dict[str, Any]] = []
     pending = iter(files)
     while True:
@@ -96,24 +99,65 @@ def predict_images(
                 break
         if not chunk:
             break
-        images = torch.stack(tensors)
-        probs = model(images.to(device)).float().softmax(dim=1).cpu()
-        if class_names is not None:
-            names = list(class_names)
-        elif data.class_names is not None:
-            names = list(data.class_names)
-        else:
-            names = [str(index) for index in range(probs.shape[1])]
-        order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :5]
-        for path, row, best in zip(chunk, probs, order, strict=True):
-            results.append({
-                "sample": str(path),
-                "predicted_index": int(best[0]),
-                "predicted_name": names[int(best[0])],
-                "score": float(row[best[0]]),
-                "top5": [(names[int(c)], float(row[c])) for c in best],
-            })
+        rows = classify_batch(model, torch.stack(tensors), cfg, device, class_names=names)
+        results.extend({"sample": str(path), **row} for path, row in zip(chunk, rows, strict=True))
     return results
+
+
+def eval_transform(cfg: ClassificationConfig) -> ImageTransform:
+    """The evaluation transform of a resolved config: uint8 (H, W, C) image -> float (C, S, S) tensor.
+
+    Raises:
+        ValueError: the config is not resolved (no data.mean / data.std).
+    """
+    data = cfg.data
+    if data.mean is None or data.std is None:
+        raise ValueError("predict_images needs a resolved config (data.mean / data.std set): use resolve_config")
+    return build_eval_transform(
+        data.input_size, data.channels, data.mean, data.std, crop_pct=data.crop_pct, interpolation=data.interpolation
+    )
+
+
+@torch.no_grad()
+def classify_batch(
+    model: nn.Module,
+    images: torch.Tensor,
+    cfg: ClassificationConfig,
+    device: torch.device | str,
+    class_names: Sequence[str] | None = None,
+    top_k: int = 5,
+) -> list[dict[str, Any]]:
+    """Classify a batch of transformed images (what ``predict`` and `vit_classification.Classifier` share).
+
+    Args:
+        model: the classifier, in eval mode on `device` (run under the caller's autocast).
+        images: float (B, C, S, S), the output of `eval_transform`.
+        cfg: the resolved config (names the classes).
+        device: where `model` is.
+        class_names: index = label; default `cfg.data.class_names`, else "0", "1", ...
+        top_k: how many (name, probability) pairs "top5" holds.
+
+    Returns:
+        one dict per image: {"predicted_index", "predicted_name", "score" (probability), "top5":
+        [(name, probability), ...] best first}.
+    """
+    probs = model(images.to(device)).float().softmax(dim=1).cpu()
+    if class_names is not None:
+        names = list(class_names)
+    elif cfg.data.class_names is not None:
+        names = list(cfg.data.class_names)
+    else:
+        names = [str(index) for index in range(probs.shape[1])]
+    order = torch.sort(probs, dim=1, descending=True, stable=True).indices[:, :top_k]
+    return [
+        {
+            "predicted_index": int(best[0]),
+            "predicted_name": names[int(best[0])],
+            "score": float(row[best[0]]),
+            "top5": [(names[int(c)], float(row[c])) for c in best],
+        }
+        for row, best in zip(probs, order, strict=True)
+    ]
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import os
 for _name in ("NO_ALBUMENTATIONS_UPDATE", "HF_HUB_OFFLINE"):
     os.environ.setdefault(_name, "1")
 
+from .api import Predictor
 from .cli import SubCommand, TaskCommands, format_metrics, run_task
 from .config import (
     ConfigError,
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigError",
     "FitResult",
     "OptimizerConfig",
+    "Predictor",
     "ScheduleConfig",
     "SubCommand",
     "Task",
