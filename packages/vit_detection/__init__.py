@@ -7,6 +7,7 @@ pyramid), `transformer`, `detr` (the detector), `matcher` (Hungarian), `criterio
 runs).
 """
 
+from .api import Detections, Detector
 from .coco_eval import evaluate_coco, predictions_to_coco_results, summary_text
 from .config import DetectionConfig
 from .criterion import SetCriterion
@@ -23,6 +24,8 @@ __all__ = [
     "CocoDetection",
     "DetectionConfig",
     "DetectionTask",
+    "Detections",
+    "Detector",
     "HungarianMatcher",
     "PostProcess",
     "SetCriterion",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from .task import resolve_config
 from .transforms import build_detection_transforms
 from .visualize import save_overlays
 
-__all__ = ["add_predict_arguments", "predict_images", "run_predict", "write_predictions_json"]
+__all__ = ["DetectionPipeline", "add_predict_arguments", "predict_images", "run_predict", "write_predictions_json"]
 
 
 @torch.no_grad()
@@ -58,17 +59,9 @@ def predict_images(
         "bbox_xyxy"} in the image's own pixels, sorted by score, every detection (no threshold):
         one per query, or `eval.top_k`.
     """
-    task_config = config
-    transform = build_detection_transforms(
-        False, train_sizes=task_config.data.train_sizes, eval_size=task_config.data.eval_size,
-        max_size=task_config.data.max_size, mean=task_config.data.mean, std=task_config.data.std,
-    )
-    patch = int(extract_model_from_parallel(model, keep_torch_compile=False).backbone.patch_size)
+    pipeline = DetectionPipeline.build(model, config)
     model = model.to(device).eval()
-    postprocess = PostProcess(top_k=task_config.eval.top_k, class_score=task_config.model.class_score)
     rows = []
-    names = list(task_config.data.class_names)
-    category_ids = list(task_config.data.category_ids)
     for path in paths:
         try:
             rgb = read_rgb(path)
@@ -77,23 +70,66 @@ def predict_images(
                 raise
             failures.append((str(path), str(error)))
             continue
-        image, _, _ = transform(rgb, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
-        images, pad_mask, _ = collate_detection([(image, {})], size_divisor=patch)
+        prediction, detections = pipeline.detect(model, rgb, device)
+        rows.append({"file": str(path), "detections": detections})
+        if output_dir is not None:
+            save_overlays([torch.from_numpy(rgb).permute(2, 0, 1)], [prediction], output_dir, pipeline.names,
+                          score_threshold=config.eval.score_threshold, names=[Path(path).stem])
+    return rows
+
+
+@dataclass(frozen=True)
+class DetectionPipeline:
+    """The evaluation transform, padding and post-processing of a resolved config (``predict`` and `Detector`).
+
+    Attributes:
+        transform: the evaluation transform (resize to data.eval_size / data.max_size, normalise).
+        postprocess: logits and boxes -> scored boxes in the image's pixels.
+        patch: the backbone's patch size (images are padded to a multiple of it).
+        names: class names, index = label.
+        category_ids: the COCO category id of each label.
+    """
+
+    transform: Callable[..., Any]
+    postprocess: PostProcess
+    patch: int
+    names: list[str]
+    category_ids: list[int]
+
+    @classmethod
+    def build(cls, model: nn.Module, config: DetectionConfig) -> DetectionPipeline:
+        """The pipeline of `config` (resolved) for `model` (a `DETR`)."""
+        data = config.data
+        transform = build_detection_transforms(False, train_sizes=data.train_sizes, eval_size=data.eval_size,
+                                               max_size=data.max_size, mean=data.mean, std=data.std)
+        patch = int(extract_model_from_parallel(model, keep_torch_compile=False).backbone.patch_size)
+        postprocess = PostProcess(top_k=config.eval.top_k, class_score=config.model.class_score)
+        return cls(transform, postprocess, patch, list(data.class_names), list(data.category_ids))
+
+    @torch.no_grad()
+    def detect(self, model: nn.Module, rgb: np.ndarray,
+               device: torch.device) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """Detect objects in one uint8 (H, W, 3) RGB image (under the caller's autocast).
+
+        Returns:
+            the post-processed prediction ({"scores" (N,), "labels" (N,), "boxes" (N, 4) xyxy in
+            the image's pixels}, on the CPU) and its detections sorted by score: {"label",
+            "category_id", "score", "bbox_xyxy"}.
+        """
+        image, _, _ = self.transform(rgb, np.zeros((0, 4), np.float32), np.zeros((0,), np.int64))
+        images, pad_mask, _ = collate_detection([(image, {})], size_divisor=self.patch)
         outputs = model(images.to(device), pad_mask.to(device))
         outputs = {key: outputs[key].float() for key in ("pred_logits", "pred_boxes")}
         orig = torch.tensor([[rgb.shape[0], rgb.shape[1]]], device=device)
-        prediction = {k: v.cpu() for k, v in postprocess(outputs, orig)[0].items()}
+        prediction = {k: v.cpu() for k, v in self.postprocess(outputs, orig)[0].items()}
         order = torch.argsort(prediction["scores"], descending=True)
         detections = [
-            {"label": names[int(prediction["labels"][i])], "category_id": category_ids[int(prediction["labels"][i])],
+            {"label": self.names[int(prediction["labels"][i])],
+             "category_id": self.category_ids[int(prediction["labels"][i])],
              "score": float(prediction["scores"][i]), "bbox_xyxy": [float(v) for v in prediction["boxes"][i]]}
             for i in order
         ]
-        rows.append({"file": str(path), "detections": detections})
-        if output_dir is not None:
-            save_overlays([torch.from_numpy(rgb).permute(2, 0, 1)], [prediction], output_dir, names,
-                          score_threshold=task_config.eval.score_threshold, names=[Path(path).stem])
-    return rows
+        return prediction, detections
 
 
 def write_predictions_json(path: Path, rows: list[dict[str, Any]]) -> None:
