@@ -21,10 +21,11 @@ MRI_TEMPLATES := /usr/share/mricron/templates/aal.nii.gz
 DEEPFOREST    := deepforest==2.1.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(VENV)/.installed: pyproject.toml
+# pyproject.toml declares version ranges; constraints.txt holds the exact tested versions, so CI is reproducible.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
