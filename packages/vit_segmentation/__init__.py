@@ -6,6 +6,7 @@ Modules: `model` (TransUNet: hybrid or plain ViT encoder, cascaded upsampler), `
 (the MRI-lobe demo data), `visualize` (label overlays), `config` and `task` (the Task `vit_training.fit` runs).
 """
 
+from .api import Segmentation, Segmenter
 from .config import SegmentationConfig
 from .data import (
     NiftiSliceDataset,
@@ -29,7 +30,9 @@ __all__ = [
     "NiftiSliceDataset",
     "NiftiVolumeDataset",
     "SegmentationConfig",
+    "Segmentation",
     "SegmentationTask",
+    "Segmenter",
     "SynapseSliceDataset",
     "SynapseVolumeDataset",
     "TransUNet",

@@ -21,12 +21,12 @@ from vit_training.data import IMAGE_EXTENSIONS, read_grey
 from vit_training.loop import load_weights_for_inference
 
 from .config import SegmentationConfig
-from .data import read_nifti_volume, write_nifti_labels
+from .data import Volume, read_nifti_volume, write_nifti_labels
 from .model import build_transunet
 from .task import predict_volume, resolve_config
 from .visualize import overlay_slice_indices, save_overlays
 
-__all__ = ["NIFTI_SUFFIXES", "add_predict_arguments", "input_kind", "run_predict"]
+__all__ = ["NIFTI_SUFFIXES", "add_predict_arguments", "input_kind", "run_predict", "segment_nifti", "segment_slice"]
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
@@ -80,20 +80,41 @@ def run_predict(args: argparse.Namespace, config: SegmentationConfig, weights: P
     return report_failures(failures, len(args.inputs))
 
 
+def segment_nifti(model: torch.nn.Module, path: Path, config: SegmentationConfig) -> tuple[np.ndarray, Volume]:
+    """Segment one NIfTI volume as ``predict`` does (under the caller's autocast).
+
+    The file is normalised as ``data.modality`` says and sliced along ``data.axis``.
+
+    Returns:
+        labels (S, H, W) (S = the slicing axis; `write_nifti_labels` moves it back) and the `Volume` read.
+    """
+    data = config.data
+    volume = read_nifti_volume(path, None, modality=data.modality, axis=data.axis,
+                               ct_window=tuple(data.ct_window), mr_percentiles=tuple(data.mr_percentiles))
+    return segment_slice(model, volume.image, config), volume
+
+
+def segment_slice(model: torch.nn.Module, image: np.ndarray, config: SegmentationConfig) -> np.ndarray:
+    """Segment a float (H, W) grey slice in [0, 1] (or a normalised (S, H, W) volume) at the config's input size.
+
+    Returns:
+        labels of the input's shape, uint8 (uint16 above 256 classes).
+    """
+    data = config.data
+    return predict_volume(model, image, data.input_size, data.interpolation, config.eval.slice_batch_size)
+
+
 def _predict_one(model: torch.nn.Module, path: Path, config: SegmentationConfig, output: Path) -> None:
     """Segment one NIfTI volume or image, write its label map and overlay, print one line."""
     from PIL import Image
 
-    data, names = config.data, list(config.data.class_names)
+    names = list(config.data.class_names)
     kind = input_kind(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     stem = _stem(path)
     if kind == "nifti":
-        volume = read_nifti_volume(path, None, modality=data.modality, axis=data.axis,
-                                   ct_window=tuple(data.ct_window), mr_percentiles=tuple(data.mr_percentiles))
-        labels = predict_volume(model, volume.image, data.input_size, data.interpolation,
-                                config.eval.slice_batch_size)
+        labels, volume = segment_nifti(model, path, config)
         target = output / f"{stem}_labels.nii.gz"
         write_nifti_labels(target, labels, volume)
         indices = overlay_slice_indices(labels, max(config.eval.overlay_slices, 1))
@@ -101,7 +122,7 @@ def _predict_one(model: torch.nn.Module, path: Path, config: SegmentationConfig,
                       titles=[f"{stem} slice {index}" for index in indices])
     else:
         image = read_grey(path)
-        labels = predict_volume(model, image, data.input_size, data.interpolation)
+        labels = segment_slice(model, image, config)
         target = output / f"{stem}_labels.png"
         Image.fromarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)).save(target)
         save_overlays(output / f"{stem}_overlay.png", image[None], labels[None], names, titles=[stem])
