@@ -31,6 +31,7 @@ from vit_detection.coco_eval import (
     evaluate_coco,
     ground_truth_coco,
     predictions_to_coco_results,
+    raised_stat_names,
     stat_names,
     summary_text,
     write_coco_results,
@@ -148,7 +149,7 @@ def test_the_12_numbers_equal_a_direct_pycocotools_call() -> None:
     assert results == noisy_results(gt)  # loadRes got copies: our results are not mutated
 
 
-def test_max_dets_above_100_counts_every_query() -> None:
+def test_max_dets_above_100_reports_the_standard_numbers_and_labelled_raised_ones() -> None:
     # one image with 150 objects (a dense scene), every one predicted with a different score
     boxes = [[10.0 * (i % 15), 10.0 * (i // 15), 8.0, 8.0] for i in range(150)]
     gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 160, "height": 110}],
@@ -158,12 +159,27 @@ def test_max_dets_above_100_counts_every_query() -> None:
     results = [{"image_id": 1, "category_id": 1, "bbox": b, "score": 1.0 - i / 1000} for i, b in enumerate(boxes)]
     at_100 = evaluate_coco(ground_truth_coco(gt), results, max_dets=100)
     at_150 = evaluate_coco(ground_truth_coco(gt), results, max_dets=150)
-    assert at_100["AR100"] == pytest.approx(100 / 150)
-    assert "AR150" in at_150 and at_150["AR150"] == pytest.approx(1.0) and at_150["AP"] == pytest.approx(1.0)
-    # why evaluate_coco reduces the arrays itself: summarize() looks AP up at maxDets == 100 by value
+    assert list(at_100) == stat_names()
+    assert list(at_150) == stat_names() + raised_stat_names(150)
+    assert raised_stat_names(150)[0] == "AP@maxDets150" and "AR@maxDets150" in raised_stat_names(150)
+    # the standard numbers do not move when max_dets is raised: they equal pycocotools' own at 100
+    assert {k: at_150[k] for k in stat_names()} == at_100
+    assert list(at_100.values()) == [float(v) for v in direct_cocoeval(gt, results).stats]
+    assert at_100["AR100"] == pytest.approx(100 / 150) and at_100["AP"] < 1.0
+    assert at_150["AR@maxDets150"] == pytest.approx(1.0) and at_150["AP@maxDets150"] == pytest.approx(1.0)
+    # the raised numbers equal pycocotools' with maxDets [1, 10, 150] (whose summarize() reads AP at
+    # maxDets == 100 by value, hence -1: why evaluate_coco reduces the arrays itself)
     reference = direct_cocoeval(gt, results, max_dets=[1, 10, 150])
     assert reference.stats[0] == -1
-    assert [float(v) for v in reference.stats[1:]] == list(at_150.values())[1:]
+    raised = [at_150[k] for k in raised_stat_names(150)]
+    assert raised[1:6] == [float(v) for v in reference.stats[1:6]]
+    assert raised[6:] == [float(v) for v in reference.stats[8:12]]
+    text = summary_text(at_150).splitlines()
+    assert len(text) == 22 and "maxDets=100 ] = 0.667" in text[8] and "maxDets=150 ] = 1.000" in text[12]
+    # a lower max_dets (few queries) adds its own numbers beside the standard ones
+    at_50 = evaluate_coco(ground_truth_coco(gt), results, max_dets=50)
+    assert {k: at_50[k] for k in stat_names()} == at_100
+    assert at_50["AR@maxDets50"] == pytest.approx(50 / 150)
     with pytest.raises(ValueError, match="max_dets must be >= 10"):
         evaluate_coco(ground_truth_coco(gt), results, max_dets=5)
 

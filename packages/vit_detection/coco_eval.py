@@ -18,17 +18,19 @@ The pycocotools pitfalls (cocoapi: coco.py, cocoeval.py) and what this module do
    `ground_truth_coco` renumbers ids 1..N when any is < 1, and `evaluate_coco` refuses ground
    truth that still has one.
 6. Only the top ``maxDets[-1]`` (100) detections per image count: ``params.maxDets`` becomes
-   ``[1, 10, max_dets]`` with `max_dets` at least the number of queries.
+   ``[1, 10, 100, max_dets]`` (sorted) with `max_dets` at least the number of queries; the 12
+   standard numbers stay at 100 and those at `max_dets` are added under labelled keys
+   (``AP@maxDets300``), so results stay comparable with published COCO numbers.
 7. ``category_id`` must be the data set's own ids (COCO's run 1..90 with gaps): results map
    contiguous labels through the data set's ``label_to_category_id``; unknown ids are an error
    (COCOeval would ignore them silently).
 8. Classes without ground truth give -1 and are left out of the means (pycocotools' rule, kept).
 9. No score threshold anywhere here: AP is a ranking metric.
 
-``COCOeval.summarize()`` reads AP at ``maxDets=100`` by value, so with ``maxDets[-1] != 100`` its
-first number is -1; `evaluate_coco` therefore reduces ``eval["precision"]``/``["recall"]`` itself
-with the same arithmetic (mean over entries > -1) at index ``maxDets[-1]``: for max_dets == 100 the
-numbers equal ``COCOeval.stats`` exactly.
+``COCOeval.summarize()`` reads AP at ``maxDets=100`` by value but AR at ``maxDets[-1]`` by index,
+and knows only three maxDets; `evaluate_coco` therefore reduces ``eval["precision"]``/``["recall"]``
+itself with the same arithmetic (mean over entries > -1) at the index of each count: the 12
+standard numbers equal ``COCOeval.stats`` of a maxDets ``[1, 10, 100]`` evaluation exactly.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "evaluate_coco",
     "ground_truth_coco",
     "predictions_to_coco_results",
+    "raised_stat_names",
     "stat_names",
     "summary_text",
     "write_coco_results",
@@ -210,30 +213,46 @@ class CocoResultCollector:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def stat_names(max_dets: int = 100) -> list[str]:
+STANDARD_MAX_DETS = 100  # COCO's published numbers count the top 100 detections per image
+
+
+def stat_names(max_dets: int = STANDARD_MAX_DETS) -> list[str]:
     """The names of the 12 COCOeval box numbers, in COCOeval's order.
 
     AP (IoU .50:.95), AP50, AP75, APs, APm, APl (all at `max_dets` detections per image), then
-    average recall AR1, AR10, AR<max_dets> and ARs, ARm, ARl (at `max_dets`).
+    average recall AR1, AR10, AR<max_dets> and ARs, ARm, ARl (at `max_dets`). `evaluate_coco`
+    reports these at 100 always.
     """
     return ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", f"AR{max_dets}", "ARs", "ARm", "ARl"]
 
 
-# (is AP, IoU threshold or None for .50:.95, area range label, index into params.maxDets)
-_STAT_SPECS: tuple[tuple[bool, float | None, str, int], ...] = (
-    (True, None, "all", 2), (True, 0.5, "all", 2), (True, 0.75, "all", 2),
-    (True, None, "small", 2), (True, None, "medium", 2), (True, None, "large", 2),
-    (False, None, "all", 0), (False, None, "all", 1), (False, None, "all", 2),
-    (False, None, "small", 2), (False, None, "medium", 2), (False, None, "large", 2),
+def raised_stat_names(max_dets: int) -> list[str]:
+    """The labelled names of the 10 numbers that depend on the largest maxDets, at `max_dets`.
+
+    ``AP@maxDets300``, ``AP50@maxDets300``, ... ``APl@maxDets300``, ``AR@maxDets300``,
+    ``ARs@maxDets300``, ``ARm@maxDets300``, ``ARl@maxDets300`` (AR1 and AR10 do not change).
+    """
+    return [f"{name}@maxDets{max_dets}" for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR", "ARs", "ARm", "ARl")]
+
+
+# (is AP, IoU threshold or None for .50:.95, area range label, maxDets count or None for "the main one")
+_STAT_SPECS: tuple[tuple[bool, float | None, str, int | None], ...] = (
+    (True, None, "all", None), (True, 0.5, "all", None), (True, 0.75, "all", None),
+    (True, None, "small", None), (True, None, "medium", None), (True, None, "large", None),
+    (False, None, "all", 1), (False, None, "all", 10), (False, None, "all", None),
+    (False, None, "small", None), (False, None, "medium", None), (False, None, "large", None),
 )  # fmt: skip
+_RAISED_SPECS = tuple(spec for spec in _STAT_SPECS if spec[3] is None)  # the 10 that depend on the main count
 
 
-def _reduce(evaluator: COCOeval) -> list[float]:
-    """COCOeval.summarize's 12 numbers, read by maxDets *index* (summarize reads 100 by value)."""
+def _reduce(evaluator: COCOeval, max_dets: int,
+            specs: Sequence[tuple[bool, float | None, str, int | None]] = _STAT_SPECS) -> list[float]:
+    """COCOeval.summarize's numbers with `max_dets` as the main count, read by maxDets *index*."""
     params = evaluator.params
     numbers = []
-    for is_ap, iou, area, det_index in _STAT_SPECS:
+    for is_ap, iou, area, count in specs:
         area_index = params.areaRngLbl.index(area)
+        det_index = list(params.maxDets).index(max_dets if count is None else count)
         # precision: [T IoUs, R recall points, K classes, A areas, M maxDets]; recall: [T, K, A, M]
         values = evaluator.eval["precision" if is_ap else "recall"]
         if iou is not None:
@@ -246,24 +265,26 @@ def _reduce(evaluator: COCOeval) -> list[float]:
 def evaluate_coco(
     coco_gt: COCO,
     results: Sequence[CocoResult],
-    max_dets: int = 100,
+    max_dets: int = STANDARD_MAX_DETS,
     image_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """The 12 COCOeval box numbers of `results` against `coco_gt`.
+    """The 12 standard COCOeval box numbers of `results` against `coco_gt`, and those at `max_dets`.
 
     Args:
         coco_gt: the ground truth, e.g. `CocoDetection.coco_gt` or `ground_truth_coco(...)`;
             annotation ids must be >= 1.
         results: COCO results (`predictions_to_coco_results`), every prediction, unthresholded;
             not modified. May be empty.
-        max_dets: detections per image that count (the largest ``params.maxDets``); use at least
-            the model's number of queries. At least 10 (COCOeval also reports AR1 and AR10).
+        max_dets: detections per image that count besides the standard 100; use at least the
+            model's number of queries. At least 10 (COCOeval also reports AR1 and AR10).
         image_ids: evaluate on these images only (e.g. the subset that was predicted); None for
             every ground-truth image (images without results then count their objects as missed).
 
     Returns:
-        ``{name: value}`` for `stat_names(max_dets)`: AP/AR in [0, 1], or -1 where the ground
-        truth has nothing to measure (e.g. APl without large objects), as pycocotools reports.
+        ``{name: value}`` for `stat_names()` (the standard numbers at 100 detections per image),
+        then, when `max_dets` is not 100, for `raised_stat_names(max_dets)` (the same numbers at
+        `max_dets`): AP/AR in [0, 1], or -1 where the ground truth has nothing to measure (e.g.
+        APl without large objects), as pycocotools reports.
 
     Raises:
         ValueError: max_dets < 10; a ground-truth annotation id < 1; a result whose image or
@@ -298,7 +319,9 @@ def evaluate_coco(
                 "annotations": [],
             })
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.params.maxDets = [1, 10, int(max_dets)]
+        # One evaluation serves both counts: evaluateImg keeps maxDets[-1] detections per image and
+        # accumulate cuts each image's ranked list at every count.
+        evaluator.params.maxDets = sorted({1, 10, STANDARD_MAX_DETS, int(max_dets)})
         if image_ids is not None:
             unknown = sorted(set(int(i) for i in image_ids) - known_images)
             if unknown:
@@ -306,28 +329,35 @@ def evaluate_coco(
             evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
         evaluator.evaluate()
         evaluator.accumulate()
-    return dict(zip(stat_names(max_dets), _reduce(evaluator), strict=True))
+    stats = dict(zip(stat_names(), _reduce(evaluator, STANDARD_MAX_DETS), strict=True))
+    if int(max_dets) != STANDARD_MAX_DETS:
+        stats.update(zip(raised_stat_names(int(max_dets)), _reduce(evaluator, int(max_dets), _RAISED_SPECS),
+                         strict=True))
+    return stats
 
 
 def summary_text(stats: Mapping[str, float]) -> str:
-    """The 12 numbers as COCOeval.summarize prints them, one per line.
+    """The numbers as COCOeval.summarize prints them, one per line: the 12 standard ones, then
+    those at a raised maxDets (``maxDets=300``) when `stats` has them.
 
     Args:
         stats: the dict `evaluate_coco` returns.
     """
     names = list(stats)
-    recall_counts = [int(m.group(1)) for m in (re.fullmatch(r"AR(\d+)", n) for n in names) if m]
-    if len(names) != 12 or len(recall_counts) != 3:
-        raise ValueError(f"expected the 12 keys of evaluate_coco, got {names}")
-    max_dets = max(recall_counts)
-    if names != stat_names(max_dets):
-        raise ValueError(f"expected the keys {stat_names(max_dets)}, got {names}")
-    counts = (1, 10, max_dets)
+    if names[:12] != stat_names():
+        raise ValueError(f"expected the 12 keys of evaluate_coco first ({stat_names()}), got {names[:12]}")
+    rows = [(name, spec, STANDARD_MAX_DETS) for name, spec in zip(names[:12], _STAT_SPECS, strict=True)]
+    if len(names) > 12:
+        match = re.fullmatch(r"AP@maxDets(\d+)", names[12])
+        if match is None or names[12:] != raised_stat_names(int(match.group(1))):
+            raise ValueError(f"expected the raised-maxDets keys of evaluate_coco after the 12, got {names[12:]}")
+        rows += [(name, spec, int(match.group(1))) for name, spec in zip(names[12:], _RAISED_SPECS, strict=True)]
     lines = []
-    for name, (is_ap, iou, area, det_index) in zip(names, _STAT_SPECS, strict=True):
+    for name, (is_ap, iou, area, count), main in rows:
         title = "Average Precision  (AP)" if is_ap else "Average Recall     (AR)"
         iou_text = "0.50:0.95" if iou is None else f"{iou:0.2f}"
         value = float(stats[name])
         value_text = f"{value:0.3f}" if math.isfinite(value) else str(value)
-        lines.append(f" {title} @[ IoU={iou_text:<9} | area={area:>6s} | maxDets={counts[det_index]:>3d} ] = {value_text}")
+        shown = main if count is None else count
+        lines.append(f" {title} @[ IoU={iou_text:<9} | area={area:>6s} | maxDets={shown:>3d} ] = {value_text}")
     return "\n".join(lines)

@@ -267,10 +267,13 @@ class DetectionTask(Task):
 
     def evaluate(self, model: nn.Module, loader: DataLoader, accelerator: Accelerator, output_dir: Path,
                  results_path: Path | None = None) -> dict[str, float]:
-        """COCOeval box metrics over `loader` (every process gets the same 12 numbers).
+        """COCOeval box metrics over `loader` (every process gets the same numbers).
 
-        Writes (main process) ``coco_results.json`` (the COCO submission format, or
-        `results_path`) and ``coco_eval.txt`` (COCOeval's 12 lines) into `output_dir`.
+        The 12 standard numbers at 100 detections per image (``AP``, ``AP50``, ... ``AR100``, comparable
+        with published COCO results) always; when `eval.max_dets` is not 100, the same numbers at it
+        too, labelled ``AP@maxDets300`` ... (`raised_stat_names`). Writes (main process)
+        ``coco_results.json`` (the COCO submission format, or `results_path`) and ``coco_eval.txt``
+        (COCOeval's lines, the standard 12 first) into `output_dir`.
         """
         collector = CocoResultCollector()
         for images, pad_mask, targets in loader:
