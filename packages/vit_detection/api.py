@@ -32,7 +32,7 @@ from .task import resolve_config
 __all__ = ["Detections", "Detector"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: compare them with numpy
 class Detections:
     """The detections in one image, sorted by score (every query's, as ``predict``'s detections.json).
 
@@ -52,6 +52,10 @@ class Detections:
     category_ids: list[int]
     source: str | None = None
 
+    def __repr__(self) -> str:
+        best = f", best {self.names[0]} {self.scores[0]:.3f}" if len(self) else ""
+        return f"Detections({len(self)} boxes{best}, source={self.source!r})"
+
     def __len__(self) -> int:
         return len(self.scores)
 
@@ -69,6 +73,7 @@ class Detector(Predictor, pipeline_tag="object-detection"):
     config_schema = DetectionConfig
     command = "detect"
     pipeline_tag = "object-detection"
+    example_input = "street.jpg"
     config: DetectionConfig
 
     @classmethod

@@ -33,7 +33,7 @@ from .task import resolve_config
 __all__ = ["Segmentation", "Segmenter"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # numpy fields: compare them with numpy
 class Segmentation:
     """The label map of one input.
 
@@ -53,6 +53,10 @@ class Segmentation:
     source: str | None = None
     volume: Volume | None = None
 
+    def __repr__(self) -> str:
+        return f"Segmentation(labels {self.labels.shape}, classes present {np.unique(self.labels).tolist()}, " \
+               f"source={self.source!r})"
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the labels as ``predict`` does: NIfTI on the input's grid (header kept), or a PNG of class indices."""
         path = Path(path)
@@ -70,6 +74,7 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
     config_schema = SegmentationConfig
     command = "segment"
     pipeline_tag = "image-segmentation"
+    example_input = "scan.nii.gz"
     config: SegmentationConfig
 
     @classmethod

@@ -128,6 +128,7 @@ class Predictor(ModelHubMixin, library_name="vitasks", tags=["vitasks", "vision-
     config_schema: ClassVar[type] = object
     command: ClassVar[str] = ""  # the CLI task name, e.g. "classify"
     pipeline_tag: ClassVar[str] = ""  # the Hub's task name, e.g. "image-classification"
+    example_input: ClassVar[str] = "image.png"  # what the model card's usage example predicts
 
     def __init__(self, config: Any, model: nn.Module, device: torch.device | str | None = None,
                  precision: str | None = None, metrics: Mapping[str, Any] | None = None) -> None:
@@ -297,7 +298,7 @@ class Predictor(ModelHubMixin, library_name="vitasks", tags=["vitasks", "vision-
             "```py",
             f"from {type(self).__module__.split('.')[0]} import {title}",
             f'model = {title}.from_pretrained("path/to/this/folder")',
-            "result = model.predict(\"input.png\")",
+            f'result = model.predict("{self.example_input}")',
             "```",
             "",
             f"The preprocessing is in {PREPROCESSING_FILE}; the command line equivalent is "
