@@ -1,8 +1,8 @@
 """`Detector`: a trained DETR-style detector in three lines of Python.
 
     from vit_detection import Detector
-    model = Detector.from_pretrained("runs/coco_demo")
-    print(model.predict("street.jpg").above(0.5).names)
+    model = Detector.from_pretrained("runs/fashion_scenes_cpu")
+    print(model.predict("scene.png").above(0.5).names)
 
 The same preprocessing, network and precision as ``vitasks detect predict``: both go through
 `predict.DetectionPipeline`.
@@ -73,7 +73,7 @@ class Detector(Predictor, pipeline_tag="object-detection"):
     config_schema = DetectionConfig
     command = "detect"
     pipeline_tag = "object-detection"
-    example_input = "street.jpg"
+    example_input = "scene.png"
     config: DetectionConfig
 
     @classmethod
