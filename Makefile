@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-# Environment every command runs under (see README, "Machine notes"):
+# Environment every command runs under (see docs/training.md):
 # albumentations would ask PyPI for updates on every import, timm must never reach a hub,
 # and glibc's malloc page-faults large tensor buffers back in on every batch without these thresholds.
 export NO_ALBUMENTATIONS_UPDATE := 1
@@ -13,7 +13,7 @@ export MALLOC_TRIM_THRESHOLD_ := 4294967296
 
 .PHONY: setup data test demo bench lint clean
 
-# Real data that installs offline from Debian (DESIGN.md, "Real data that installs offline").
+# Real data that installs offline from Debian packages (the demo data sets).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 MRI_TEMPLATES := /usr/share/mricron/templates/aal.nii.gz
 # The aerial tree images ship inside this wheel; its own dependencies (a full training stack) are

@@ -1,4 +1,4 @@
-"""DESIGN.md's import rules: tasks/ -> task packages -> vit_training, vit_backbone.
+"""The import rules of docs/architecture.md: tasks/ -> task packages -> vit_training, vit_backbone.
 
 vit_backbone imports no project package, vit_training imports no task package, task packages
 never import each other, and nothing imports tasks/. The packages are read from packages/: every

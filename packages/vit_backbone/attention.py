@@ -6,11 +6,11 @@ Two kernels compute the same function:
   kernels on GPUs; the faster choice in fp32 and at long sequences on CPUs);
 * ``"manual"``: ``softmax(q k^T * scale) v`` written out. On CPUs with native bf16
   (AVX-512 BF16 / AMX), the bf16 backward of SDPA is slow, and this kernel trains
-  short-sequence ViTs 1.3-1.9x faster.
+  short-sequence ViTs faster.
 
 ``"auto"`` picks per call from the device, the compute dtype, the sequence length and whether
 the CPU computes bf16 natively. Without native bf16 (e.g. AVX2-only CPUs) bf16 matmuls are
-emulated, 10-20x slower than fp32 for both kernels, and SDPA is the faster of the two.
+emulated, many times slower than fp32 for both kernels, and SDPA is the faster of the two.
 
 `sdpa_without_cudnn` is for models whose sequence lengths change from batch to batch (a
 detector on images of many sizes): it keeps SDPA off cuDNN's attention, which rebuilds its
@@ -31,7 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 AttentionKernel = Literal["auto", "sdpa", "manual"]
 ATTENTION_KERNELS: tuple[str, ...] = ("auto", "sdpa", "manual")
 
-# Above this many tokens SDPA's bf16 CPU kernel overtakes the plain one (measured at 1025 tokens).
+# At long sequences SDPA's bf16 CPU kernel overtakes the plain one; this bound stays below the crossover.
 _MANUAL_MAX_TOKENS_CPU_BF16 = 512
 
 
@@ -49,11 +49,8 @@ def sdpa_without_cudnn() -> AbstractContextManager:
 
     On Hopper GPUs PyTorch prefers cuDNN's fused attention for bf16, and that backend builds an
     execution graph, on the host, for every new input shape; a DETR batch has a new (tokens,
-    padding) shape almost every step. Measured on one H200 (torch 2.11, bf16, the COCO
-    ViT-B/16 detector, batches of 8 images of 800-1248 px): 1,145 ms per training step on
-    batches of varied sizes against 204 ms when one batch repeats; in 5 profiled steps on
-    varied sizes, cuDNN's attention forward and backward took 1.3 s of the 2.2 s of host time.
-    Flash and memory-efficient attention need no per-shape build. The backward pass runs the
+    padding) shape almost every step, so those builds dominate the host time of a training
+    step (a profile is in docs/experiments/gpu.md). Flash and memory-efficient attention need no per-shape build. The backward pass runs the
     backward of the kernel chosen in the forward, so wrapping the forward is enough.
     """
     return sdpa_kernel([backend for name, backend in SDPBackend.__members__.items()

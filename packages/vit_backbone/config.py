@@ -321,7 +321,7 @@ def build_backbone_with_report(config: BackboneConfig, *, num_classes: int = 0, 
     """
     pretrained = config.pretrained if load_weights else None
     kwargs = config.architecture()
-    # A checkpoint overwrites every initialised tensor but a reset head: skip the init's cost (ViT-B: ~1 s).
+    # A checkpoint overwrites every initialised tensor but a reset head: skip the init's cost.
     kwargs["weight_init"] = "skip" if pretrained else config.weight_init
     kwargs["num_classes"] = num_classes
     model = create_vit(config.preset, **kwargs)

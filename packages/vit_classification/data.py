@@ -850,8 +850,7 @@ class AugmentedSamples(Dataset):
     With `cache`, a deterministic pipeline (evaluation, or training whose transform draws
     nothing: `ImageTransform.is_random` False) runs once per item: the first read keeps the
     tensor, later epochs reuse it. On small images the pipeline is a large share of an epoch
-    (Fashion-MNIST's 28 -> 32 px resize and normalisation: 7-8.5 s of the CPU recipe's ~70 s epoch
-    on two threads, 0.3 s once cached). The cache lives in the process that reads the items (the main
+    (Fashion-MNIST's 28 -> 32 px resize and normalisation). The cache lives in the process that reads the items (the main
     process with ``num_workers=0``, else each worker; persistent workers keep theirs between
     epochs) and takes C * H * W * 4 bytes per item (245 MB for 60,000 images of 1 x 32 x 32).
 

@@ -62,7 +62,7 @@ class ImageTransform:
             pipeline: the albumentations pipeline.
             channels: image channels it takes and gives.
             is_random: whether its output depends on its random draws; a data set reseeds only a
-                random pipeline before each sample (the reseed costs more than a 28 x 28 resize).
+                random pipeline before each sample (the reseed costs more than a small resize).
         """
         self.pipeline = pipeline
         self.channels = channels

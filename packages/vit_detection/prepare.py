@@ -52,8 +52,8 @@ __all__ = [
 ]
 
 DEEPFOREST_PIP = "pip install --no-deps deepforest==2.1.0"
-# Training scenes `prepare_fashion_scenes` writes by default (the README's detection figures were
-# measured on this many; the CLI's help and the budget benchmark read it from here).
+# Training scenes `prepare_fashion_scenes` writes by default (the 20-minute detection recipe trains on
+# all of them; the CLI's help and the budget benchmark read it from here).
 SCENES_NUM_TRAIN = 24000
 
 ImageFormat = Literal["jpg", "png"]
@@ -466,10 +466,10 @@ def prepare_fashion_scenes(
 
     Args:
         output_dir: where the data set goes (see the module doc).
-        num_train, num_val: scenes per split. 24,000 training scenes (about 190 MB, 25 s to write)
+        num_train, num_val: scenes per split. 24,000 training scenes (about 190 MB)
             hold about 72,000 objects drawn from the 60,000 Fashion-MNIST training items; a
-            detector trained for 20 minutes on 2 cores sees each scene about 3 times (trained on
-            6,000 scenes it saw each 12 times and reached 0.03 AP less; README).
+            detector trained for 20 minutes on 2 cores sees each scene a few times (fewer scenes,
+            each seen more often, gave a lower AP).
         canvas_range: (smallest, largest) canvas side in pixels, drawn per side and scene.
         object_size: (smallest, largest) scaled object side in pixels.
         objects_per_image: (fewest, most) objects tried per scene.

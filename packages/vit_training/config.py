@@ -314,7 +314,7 @@ def resolve_mixed_precision(value: str, device_type: str | torch.device) -> str:
     ``accelerate launch --mixed_precision bf16 ...``), and otherwise gives bf16 on CUDA devices
     that support it and on CPUs that compute bf16 in hardware (AVX-512 BF16 / AMX), and fp32
     (``"no"``) everywhere else: on a CPU without native bf16 the autocast is emulated and runs
-    10-20x slower than fp32. fp16 is never chosen by the rule, since it needs loss scaling and
+    many times slower than fp32. fp16 is never chosen by the rule, since it needs loss scaling and
     can overflow; ask for it explicitly (in the config or from the launcher).
 
     Args:
@@ -346,7 +346,7 @@ class _ValuesLoader(yaml.SafeLoader):
     """`yaml.SafeLoader` (no Python tags, no code) with YAML 1.2 scalars.
 
     PyYAML follows YAML 1.1, which reads ``mixed_precision: no`` as False, ``lr: 1e-3`` as a
-    string and ``2024-01-01`` as a date; here they are "no", 0.001 and a string, as in YAML 1.2.
+    string and an ISO date as a date; here they are "no", 0.001 and a string, as in YAML 1.2.
     """
 
 

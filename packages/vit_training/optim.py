@@ -201,9 +201,8 @@ def build_optimizer(
                                weight_decay=cfg.weight_decay)
     if cfg.name != "adamw":
         raise ValueError(f"optim.name={cfg.name!r} is not one of adamw, sgd")
-    # The fused kernel updates all tensors in one pass; it is the same AdamW arithmetic. Measured on
-    # the 2-core CPU for the Fashion-MNIST recipe's 65 tensors: 0.7 ms per step against 5.7 ms for the
-    # default per-tensor loop (2.6 ms with foreach). torch fuses floating-point tensors only.
+    # The fused kernel updates all tensors in one pass (the same AdamW arithmetic), much faster than
+    # the default per-tensor loop for models of many small tensors. torch fuses floating-point tensors only.
     fused = all(param.is_floating_point() for group in groups for param in group["params"])
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                              fused=fused)

@@ -6,9 +6,9 @@ DataLoader worker or resumed run, whatever order the samples are loaded in.
 
 albumentations 2 draws from its own pair of generators (a numpy `Generator` and a Python
 `random.Random`), not from torch's. `SampleRandomState` keeps one such pair per pipeline and
-reseeds it in place for every sample. Measured on the 2-core CPU: about 15 us per sample, where
-building fresh generators (numpy's SeedSequence, `default_rng`, `random.Random`) took about 70 us,
-more than resizing a 28 x 28 image.
+reseeds it in place for every sample, which is several times cheaper than building fresh
+generators (numpy's SeedSequence, `default_rng`, `random.Random`); those cost more than resizing
+a small image.
 """
 
 from __future__ import annotations
