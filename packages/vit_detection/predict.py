@@ -3,13 +3,21 @@
 Each image goes through the evaluation transform of the config the weights were trained with;
 every query's detection is kept (sorted by score) and those scoring at least
 ``eval.score_threshold`` are printed and drawn.
+
+The command writes ``detections.json`` (per file: its size and every detection, class names
+included) and ``coco_results.json``, the COCO results format that pycocotools' ``COCO.loadRes``
+and the COCO evaluation server read: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``
+with boxes in the image's pixels and the data set's own category ids (``data.category_ids``). The
+image ids come from ``--coco-annotations`` (a COCO JSON whose ``images`` name the files: results
+then evaluate against that file directly); without it the images are numbered 1..N in the order
+predicted and ``images.json`` beside the results maps each id to its file (COCO's ``images`` list).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +28,10 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from vit_training.cli import report_failures
-from vit_training.data import list_images
+from vit_training.data import list_images, one_line
 from vit_training.loop import load_weights_for_inference
 
+from .coco_eval import CocoResult, predictions_to_coco_results, write_coco_results
 from .config import DetectionConfig
 from .data import collate_detection, read_rgb
 from .model import build_detector
@@ -31,7 +40,15 @@ from .task import resolve_config
 from .transforms import build_detection_transforms
 from .visualize import save_overlays
 
-__all__ = ["DetectionPipeline", "add_predict_arguments", "predict_images", "run_predict", "write_predictions_json"]
+__all__ = [
+    "DetectionPipeline",
+    "add_predict_arguments",
+    "coco_image_ids",
+    "coco_results_from_rows",
+    "predict_images",
+    "run_predict",
+    "write_predictions_json",
+]
 
 
 @torch.no_grad()
@@ -55,9 +72,9 @@ def predict_images(
             and skipped instead of raised.
 
     Returns:
-        One dict per image: "file", and "detections", a list of {"label", "category_id", "score",
-        "bbox_xyxy"} in the image's own pixels, sorted by score, every detection (no threshold):
-        one per query, or `eval.top_k`.
+        One dict per image: "file", "width", "height" (the image's pixels) and "detections", a list
+        of {"label", "category_id", "score", "bbox_xyxy"} in those pixels, sorted by score, every
+        detection (no threshold): one per query, or `eval.top_k`.
     """
     pipeline = DetectionPipeline.build(model, config)
     model = model.to(device).eval()
@@ -71,7 +88,8 @@ def predict_images(
             failures.append((str(path), str(error)))
             continue
         prediction, detections = pipeline.detect(model, rgb, device)
-        rows.append({"file": str(path), "detections": detections})
+        rows.append({"file": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]),
+                     "detections": detections})
         if output_dir is not None:
             save_overlays([torch.from_numpy(rgb).permute(2, 0, 1)], [prediction], output_dir, pipeline.names,
                           score_threshold=config.eval.score_threshold, names=[Path(path).stem])
@@ -138,15 +156,99 @@ def write_predictions_json(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def coco_image_ids(files: Sequence[Path], annotations: Path,
+                   category_ids: Sequence[int]) -> tuple[dict[Path, int], list[tuple[str, str]]]:
+    """The COCO image id of each file, from the ``images`` of a COCO JSON (``--coco-annotations``).
+
+    A file matches the image whose ``file_name`` is the longest tail of its path ("1.png" matches
+    val/1.png; "val/1.png" tells val/1.png from train/1.png).
+
+    Args:
+        files: the images to predict.
+        annotations: a COCO JSON with ``images`` [{"id", "file_name", ...}] (annotations not needed:
+            COCO's test-dev image info files work), or such an ``images`` list itself (images.json).
+        category_ids: the model's category ids (``data.category_ids``), checked against the file's
+            ``categories`` when it has any.
+
+    Returns:
+        ``{file: image id}`` for the files found, and (file, one-line message) for those that are not
+        (or match two images equally well).
+
+    Raises:
+        FileNotFoundError, ValueError: the file is missing, not COCO JSON, has no images, or its
+            categories do not hold the model's category ids (each one line naming the file).
+    """
+    annotations = Path(annotations)
+    if not annotations.is_file():
+        raise FileNotFoundError(f"{annotations}: COCO annotation file not found (--coco-annotations)")
+    try:
+        data = json.loads(annotations.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{annotations}: not valid JSON ({one_line(error)})") from error
+    images = data if isinstance(data, list) else data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or not images:
+        raise ValueError(f"{annotations}: no 'images' list to take the image ids from")
+    categories = data.get("categories") if isinstance(data, dict) else None
+    known = {int(c["id"]) for c in categories or [] if isinstance(c, Mapping) and "id" in c}
+    missing = sorted(set(int(i) for i in category_ids) - known) if known else []
+    if missing:
+        raise ValueError(
+            f"{annotations}: categories {sorted(known)} lack the model's category ids {missing} (data.category_ids)"
+        )
+    by_name: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+    for image in images:
+        try:
+            parts = Path(str(image["file_name"])).parts
+            by_name.setdefault(parts[-1], []).append((parts, int(image["id"])))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise ValueError(f"{annotations}: image entry {image!r} needs 'id' and 'file_name'") from None
+    ids: dict[Path, int] = {}
+    failures: list[tuple[str, str]] = []
+    for file in files:
+        parts = Path(file).parts
+        matches = [(len(p), i) for p, i in by_name.get(parts[-1], []) if parts[-len(p):] == p]
+        longest = max((length for length, _ in matches), default=0)
+        best = sorted({i for length, i in matches if length == longest})
+        if not best:
+            failures.append((str(file), f"no image of {annotations} has this file_name"))
+        elif len(best) > 1:
+            failures.append((str(file), f"matches image ids {best} of {annotations} equally (give paths as in file_name)"))
+        else:
+            ids[Path(file)] = best[0]
+    return ids, failures
+
+
+def coco_results_from_rows(rows: Sequence[Mapping[str, Any]], image_ids: Sequence[int]) -> list[CocoResult]:
+    """`predict_images` rows -> COCO results (`coco_eval.predictions_to_coco_results`), every detection.
+
+    Args:
+        rows: one per image, with "detections" [{"category_id", "score", "bbox_xyxy"}] in pixels.
+        image_ids: the COCO image id of each row.
+    """
+    predictions = [
+        {"scores": torch.tensor([d["score"] for d in row["detections"]], dtype=torch.float32),
+         "labels": torch.tensor([d["category_id"] for d in row["detections"]], dtype=torch.long),
+         "boxes": torch.tensor([d["bbox_xyxy"] for d in row["detections"]], dtype=torch.float32).reshape(-1, 4)}
+        for row in rows
+    ]
+    # The rows carry category ids already (the labels' mapping was applied by the pipeline).
+    identity = {int(d["category_id"]): int(d["category_id"]) for row in rows for d in row["detections"]}
+    return predictions_to_coco_results(list(image_ids), predictions, identity)
+
+
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``predict`` command's own arguments: the images and ``--output``."""
+    """The ``predict`` command's own arguments: the images, ``--output`` and ``--coco-annotations``."""
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER", help="images and/or folders")
     parser.add_argument("--output", type=Path, default=Path("detections"),
-                        help="folder for detections.json and the overlays (default detections/)")
+                        help="folder for detections.json, coco_results.json and the overlays (default detections/)")
+    parser.add_argument("--coco-annotations", type=Path, default=None, metavar="JSON",
+                        help="a COCO JSON whose 'images' give the image ids of coco_results.json (matched by "
+                             "file_name); default: ids 1..N in prediction order, mapped to files in images.json")
 
 
 def run_predict(args: argparse.Namespace, config: DetectionConfig, weights: Path, device: torch.device) -> int:
-    """Print the detections above ``eval.score_threshold``; write detections.json and the overlays.
+    """Print the detections above ``eval.score_threshold``; write detections.json, coco_results.json
+    (and images.json without ``--coco-annotations``) and the overlays.
 
     Each bad input (missing, empty folder, unreadable image) gets one line on stderr and the
     others are still predicted; the status is 1 when any failed (`report_failures`).
@@ -159,6 +261,12 @@ def run_predict(args: argparse.Namespace, config: DetectionConfig, weights: Path
             files.extend(list_images([item]))
         except (ValueError, OSError) as error:
             failures.append((str(item), str(error)))
+    annotations = getattr(args, "coco_annotations", None)
+    known_ids: dict[Path, int] | None = None
+    if annotations is not None:
+        known_ids, unmatched = coco_image_ids(files, annotations, config.data.category_ids)
+        failures.extend(unmatched)
+        files = [file for file in files if Path(file) in known_ids]
     model = load_weights_for_inference(build_detector(config.model, load_weights=False), weights)
     rows = predict_images(model, files, config, device, output_dir=args.output, failures=failures)
     threshold = config.eval.score_threshold
@@ -170,5 +278,14 @@ def run_predict(args: argparse.Namespace, config: DetectionConfig, weights: Path
             print(f"  {d['label']:<16} {d['score']:.3f}  [{box}]")
     if rows:
         write_predictions_json(args.output / "detections.json", rows)
-        print(f"wrote {args.output / 'detections.json'} and {len(rows)} overlays to {args.output}")
+        if known_ids is not None:
+            image_ids = [known_ids[Path(row["file"])] for row in rows]
+        else:
+            image_ids = list(range(1, len(rows) + 1))
+            images = [{"id": i, "file_name": row["file"], "width": row["width"], "height": row["height"]}
+                      for i, row in zip(image_ids, rows, strict=True)]
+            (args.output / "images.json").write_text(json.dumps(images, indent=1) + "\n")
+        write_coco_results(args.output / "coco_results.json", coco_results_from_rows(rows, image_ids))
+        written = "detections.json, coco_results.json" + ("" if known_ids is not None else ", images.json")
+        print(f"wrote {written} and {len(rows)} overlays to {args.output}")
     return report_failures(failures, len(rows) + len(failures))
