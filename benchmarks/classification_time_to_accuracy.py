@@ -24,7 +24,7 @@ same seed: the two runs differ only in the implementation.
 
 Targets on the 2-core CPU the issue was written for (AMD Zen3, AVX2, no native bf16, so fp32):
 90% within 5 minutes and >= 92.5% after 15 minutes, using the whole machine (`--threads 2` on an
-otherwise idle machine, as the README's figures). `--threads 1`, the default, leaves the second
+otherwise idle machine, as the figures in benchmarks/RESULTS.md). `--threads 1`, the default, leaves the second
 core to another job (two threads slow down badly while anything else loads the CPU); it is how
 two runs are compared side by side, and it trains about 1.45x slower.
 

@@ -211,7 +211,7 @@ def main() -> None:
                                     f"(from the repository root)")
         num_train = json.loads(summary.read_text())["parameters"]["num_train"]
         if num_train < SCENES_NUM_TRAIN:
-            print(f"note: {summary.parent} holds {num_train} training scenes; the README's figures were measured "
+            print(f"note: {summary.parent} holds {num_train} training scenes; the figures in benchmarks/RESULTS.md were measured "
                   f"on {SCENES_NUM_TRAIN} (`python tasks/detect.py prepare scenes --overwrite`)", flush=True)
     names = [args.only] if args.only else ["fast", "plain"]
     workers = (f"{args.processes} processes x 1 thread" if args.processes > 1

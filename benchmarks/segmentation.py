@@ -23,7 +23,7 @@ It prints:
     target (mean Dice >= 0.80 over the 8 lobes within 20 minutes) is met.
 
 The peer is the issue's target itself: the network is trained from scratch on one brain.
-Threads: ``--threads 1`` by default, as every figure in the README was measured (the second core
+Threads: ``--threads 1`` by default, as the figures in benchmarks/RESULTS.md were measured (the second core
 served another job; two torch threads slow down badly while anything else loads the CPU).
 
 Usage:

@@ -95,7 +95,8 @@ COMMANDS = TaskCommands(
     predict_help="detect objects in image files or folders",
     predict_description=(
         "Print the detections scoring at least eval.score_threshold for each image (folders are searched "
-        "recursively), write every detection to detections.json and a PNG overlay per image to --output."
+        "recursively), write every detection to detections.json and, in the COCO results format, to coco_results.json "
+        "(image ids from --coco-annotations, else numbered as in images.json), and a PNG overlay per image to --output."
     ),
     inference_model=_inference_model,
     evaluate_files=("coco_eval.txt", "coco_results.json"),

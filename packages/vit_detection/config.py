@@ -236,7 +236,8 @@ class DetectionEvalConfig:
     Args:
         max_dets: detections per image COCOeval keeps (its largest maxDets; above 10, as
             COCOeval also reports AR@1 and AR@10); raised to `model.num_queries` when smaller, so
-            no prediction is dropped.
+            no prediction is dropped. The standard numbers at maxDets 100 are always reported;
+            a different value adds the same numbers under ``...@maxDets<N>`` keys.
         overlay_images: images drawn with their predictions after each evaluation.
         score_threshold: the lowest score drawn on the overlays (display only: COCOeval always
             sees every prediction).
