@@ -51,12 +51,13 @@ test: setup data
 # The main job, on real data that installs offline, a few minutes per task on the CPU:
 # the Fashion-MNIST classifier (test top-1), the DETR detector on scenes composed from
 # Fashion-MNIST objects (COCO mAP) and the TransUNet segmenter on the MRI lobes (Dice, HD95).
+# --overwrite: a second `make demo` replaces the previous demo runs instead of being refused.
 demo: setup data
-	$(PY) tasks/classify.py train --config configs/classification/fashion_mnist_cpu.yaml train.output_dir=runs/fashion_mnist_demo
+	$(PY) tasks/classify.py train --overwrite --config configs/classification/fashion_mnist_cpu.yaml train.output_dir=runs/fashion_mnist_demo
 	$(PY) tasks/detect.py prepare scenes --output data/fashion_scenes
-	$(PY) tasks/detect.py train --config configs/detection/fashion_scenes_cpu.yaml train.output_dir=runs/fashion_scenes_demo
+	$(PY) tasks/detect.py train --overwrite --config configs/detection/fashion_scenes_cpu.yaml train.output_dir=runs/fashion_scenes_demo
 	$(PY) tasks/segment.py prepare --output data/mri_lobes
-	$(PY) tasks/segment.py train --config configs/segmentation/mri_lobes_cpu.yaml train.output_dir=runs/mri_lobes_demo
+	$(PY) tasks/segment.py train --overwrite --config configs/segmentation/mri_lobes_cpu.yaml train.output_dir=runs/mri_lobes_demo
 
 bench: setup data
 	$(PY) benchmarks/backbone_vs_timm.py
