@@ -67,10 +67,6 @@ class Classifier(Predictor, pipeline_tag="image-classification"):
     def resolve(cls, config: ClassificationConfig) -> ClassificationConfig:
         return resolve_config(config)
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config.data.class_names or [])
-
     def preprocessing(self) -> dict[str, Any]:
         """Input size, channels, mean/std, interpolation, crop_pct and the background under transparency."""
         data = self.config.data

@@ -84,10 +84,6 @@ class Detector(Predictor, pipeline_tag="object-detection"):
     def resolve(cls, config: DetectionConfig) -> DetectionConfig:
         return resolve_config(config)
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config.data.class_names or [])
-
     def preprocessing(self) -> dict[str, Any]:
         """The evaluation resize (shorter side data.eval_size, longer at most data.max_size), mean/std, classes."""
         data = self.config.data

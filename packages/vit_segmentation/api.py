@@ -85,11 +85,6 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
     def resolve(cls, config: SegmentationConfig) -> SegmentationConfig:
         return resolve_config(config)
 
-    @property
-    def class_names(self) -> list[str]:
-        """The foreground classes (label 1, 2, ...); label 0 is background."""
-        return list(self.config.data.class_names or [])
-
     def preprocessing(self) -> dict[str, Any]:
         """Modality and its normalisation (CT window, MR percentiles), slicing axis, input size, interpolation."""
         data = self.config.data

@@ -114,7 +114,7 @@ class Predictor(ModelHubMixin, library_name="vitasks", tags=["vitasks", "vision-
     """A trained model ready to predict: its resolved config, network, device and precision.
 
     Subclasses set `config_schema` and `command` and implement `build_model`, `resolve`,
-    `preprocessing`, `class_names` and their own ``predict``.
+    `preprocessing` and their own ``predict``.
 
     Attributes:
         config: the resolved task config the weights were trained with.
@@ -157,8 +157,12 @@ class Predictor(ModelHubMixin, library_name="vitasks", tags=["vitasks", "vision-
 
     @property
     def class_names(self) -> list[str]:
-        """The class names, index = label."""
-        raise NotImplementedError
+        """The class names the run's config holds (every task resolves them into ``data.class_names``).
+
+        Classification and detection: index = label. Segmentation: the foreground classes, label
+        k + 1 is name k (label 0 is the background).
+        """
+        return list(self.config.data.class_names or [])
 
     # ------------------------------------------------------------------ loading
     @classmethod
