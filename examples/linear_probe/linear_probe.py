@@ -79,8 +79,11 @@ class ProbeTask(Task):
     def build_eval_dataset(self) -> Dataset:
         return Brightness(self.config.num_eval, self.config.image_size, seed=10**6)  # disjoint seeds
 
-    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        return nn.functional.mse_loss(model(batch[0]).float(), batch[1]), {}
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        errors = model(batch[0]).float() - batch[1]
+        # Logged values stay device tensors: the loop reads them at log steps only (no sync per step).
+        return errors.pow(2).mean(), {"mae": errors.detach().abs().mean()}
 
     def evaluate(self, model: nn.Module, loader, accelerator, output_dir: Path) -> dict[str, float]:
         errors = [accelerator.gather_for_metrics(model(images).float() - targets) for images, targets in loader]

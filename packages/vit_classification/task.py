@@ -177,7 +177,7 @@ class ClassificationTask(Task):
         targets = rest if targets is None else torch.cat([targets, rest])
         return torch.cat([mixed, images[even:]]), targets
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy of one batch (soft targets under mixup, label smoothing either way).
 
         The batch-level augmentations run here, on the device, in this order: random
@@ -189,7 +189,8 @@ class ClassificationTask(Task):
             batch: (images (B, C, H, W), labels (B,), indices (B,)) on the device.
 
         Returns:
-            (scalar loss, {"acc": top-1 of the batch against its unmixed labels}).
+            (scalar loss, {"acc": top-1 of the batch against its unmixed labels, a 0-d device tensor
+            the loop reads only at log steps}).
         """
         images, labels = batch[0], batch[1]
         # Each is a no-op at 0. Erasing works in place, on the collated batch (a fresh tensor,
@@ -205,7 +206,7 @@ class ClassificationTask(Task):
             logits = model(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.augment.label_smoothing)
         accuracy = (logits.detach().argmax(dim=1) == labels).float().mean()
-        return loss, {"acc": float(accuracy)}
+        return loss, {"acc": accuracy}
 
     @torch.no_grad()
     def evaluate(

@@ -248,12 +248,14 @@ class DetectionTask(Task):
         # A partial of a module-level function pickles, so DataLoader workers can use it.
         return functools.partial(collate_detection, size_divisor=self.patch_size)
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """DETR's weighted set loss of one batch (images (B, 3, H, W), pad_mask (B, H, W), B target dicts)
+        and its logged parts as 0-d device tensors (the loop reads them only at log steps)."""
         images, pad_mask, targets = batch
         outputs = model(images, pad_mask, targets)
         losses = self.criterion.to(images.device)(outputs, targets)
         total = self.criterion.total(losses)
-        return total, {key: float(losses[key].detach()) for key in LOGGED_LOSSES if key in losses}
+        return total, {key: losses[key].detach() for key in LOGGED_LOSSES if key in losses}
 
     @torch.no_grad()
     def predict_batch(self, model: nn.Module, images: torch.Tensor, pad_mask: torch.Tensor,

@@ -105,12 +105,16 @@ class CeDiceLoss(nn.Module):
         self.dice_weight = dice_weight
         self.dice = DiceLoss(num_classes)
 
-    def components(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{"loss", "ce", "dice"} scalars for logits (B, C, *spatial) and int64 labels (B, *spatial)."""
+    def components(self, logits: torch.Tensor, labels: torch.Tensor, check: bool = True) -> dict[str, torch.Tensor]:
+        """{"loss", "ce", "dice"} scalars for logits (B, C, *spatial) and int64 labels (B, *spatial).
+
+        `check=False` skips `check_labels` (one host-device sync) for labels already checked on the host.
+        """
         _check_shapes(logits, labels)
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"logits have {logits.shape[1]} channels but num_classes={self.num_classes}")
-        check_labels(labels, self.num_classes)
+        if check:
+            check_labels(labels, self.num_classes)
         ce = F.cross_entropy(logits.float(), labels)
         dice = self.dice.per_class(logits, labels).mean()
         return {"loss": self.ce_weight * ce + self.dice_weight * dice, "ce": ce, "dice": dice}

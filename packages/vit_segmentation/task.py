@@ -383,15 +383,19 @@ class SegmentationTask(Task):
         """The TransUNet of `model` (pretrained backbone weights loaded when set), CPU, fp32."""
         return build_transunet(self.config.model)
 
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``ce_weight * CE + dice_weight * Dice`` of one batch (images (B, 1, h, w), labels (B, h, w)).
 
+        The labels are not range-checked here (a host-device sync per step): the datasets check
+        every label file as they read it (`check_label_values`).
+
         Returns:
-            (scalar loss, {"ce": cross-entropy, "dice_loss": 1 - mean soft Dice}) of the batch.
+            (scalar loss, {"ce": cross-entropy, "dice_loss": 1 - mean soft Dice}) of the batch, the
+            logged parts as 0-d device tensors (the loop reads them only at log steps).
         """
         images, labels = batch[0], batch[1]
-        parts = self.criterion.components(model(images), labels)
-        return parts["loss"], {"ce": parts["ce"].item(), "dice_loss": parts["dice"].item()}
+        parts = self.criterion.components(model(images), labels, check=False)
+        return parts["loss"], {"ce": parts["ce"].detach(), "dice_loss": parts["dice"].detach()}
 
     # -------------------------------------------------------------------------------- evaluation
     def predict_volume(self, model: nn.Module, volume: Volume | np.ndarray) -> np.ndarray:

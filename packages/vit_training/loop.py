@@ -221,6 +221,91 @@ def _all_finite(accelerator: Accelerator, loss: torch.Tensor, loss_value: float)
     return bool(accelerator.gather(flag).min().item())
 
 
+@dataclass
+class StepResult:
+    """What one `train_step` did.
+
+    Attributes:
+        loss: the batch's loss as a float (read once: the non-finite guard's one host sync).
+        finite: the loss was finite on every process (then it was back-propagated).
+        extras: the task's scalars to log, tensors still on the device (`read_scalars` reads them).
+        synced: the batch ended an accumulation window (gradients were synchronised).
+        stepped: ... and the optimizer stepped (every batch of the window was finite).
+        grad_norm: the total gradient norm before clipping, a device tensor (None without clipping
+            or without a step).
+        window_ok: whether the accumulation window is still clean, to pass to the next call.
+    """
+
+    loss: float
+    finite: bool
+    extras: dict[str, Any]
+    synced: bool
+    stepped: bool
+    grad_norm: torch.Tensor | None
+    window_ok: bool
+
+
+def train_step(task: Task, model: nn.Module, batch: Any, accelerator: Accelerator, optimizer: torch.optim.Optimizer,
+               scheduler: Any, *, clip_grad_norm: float | None = None, ema: ModelEma | None = None,
+               window_ok: bool = True) -> StepResult:
+    """One training batch as `fit` runs it: loss, non-finite guard, backward, and on a sync step
+    clipping, optimizer, schedule and EMA (benchmarks call it to time exactly this code).
+
+    The only host-device synchronisation is the loss read of the non-finite guard (plus, in
+    several processes, the gather that makes them agree); the task's scalars and the gradient norm
+    are returned as device tensors.
+
+    Args:
+        task: the task (its `loss` runs under the accelerator's autocast and accumulation context).
+        model, optimizer: prepared by `accelerator`.
+        batch: one batch, on the device.
+        scheduler: stepped once per optimizer step (not prepared).
+        clip_grad_norm: clip the gradients' total norm to this (None: no clipping).
+        ema: an EMA of the weights, updated after every optimizer step.
+        window_ok: False once a batch of the current accumulation window had a non-finite loss
+            (`StepResult.window_ok` of the previous call); the window's step is then skipped.
+    """
+    with accelerator.accumulate(model):
+        loss, extras = task.loss(model, batch)
+        loss_value = loss.item()
+        finite = _all_finite(accelerator, loss, loss_value)
+        if finite:
+            accelerator.backward(loss)
+        window_ok = window_ok and finite
+        synced = accelerator.sync_gradients
+        stepped = False
+        grad_norm = None
+        if synced:
+            if window_ok:
+                if clip_grad_norm:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(accelerator.unwrap_model(model))
+                stepped = True
+            optimizer.zero_grad(set_to_none=True)
+            window_ok = True
+    return StepResult(loss=loss_value, finite=finite, extras=extras, synced=synced, stepped=stepped,
+                      grad_norm=grad_norm, window_ok=window_ok)
+
+
+def read_scalars(values: dict[str, Any]) -> dict[str, float]:
+    """`values` as floats: Python numbers as they are, one-element tensors read in one host sync together."""
+    tensors = {key: value for key, value in values.items() if isinstance(value, torch.Tensor)}
+    for key, value in tensors.items():
+        if value.numel() != 1:
+            raise ValueError(f"logged value {key!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+    read: dict[str, float] = {}
+    if tensors:
+        devices = {value.device for value in tensors.values()}
+        device = next(iter(devices))
+        # Stacked on one device and read once, not one read per scalar.
+        stacked = torch.stack([value.detach().reshape(()).to(device, torch.float64) for value in tensors.values()])
+        read = dict(zip(tensors, stacked.tolist(), strict=True))
+    return {key: read[key] if key in read else float(value) for key, value in values.items()}
+
+
 def _save_weights(module: nn.Module, path: Path) -> Path:
     """Write a state dict as safetensors through a temporary file, so a kill never leaves half a file."""
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in module.state_dict().items()}
@@ -372,7 +457,7 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
                               generator=data_generator)
     if len(train_loader) == 0:
         raise ValueError(f"train.batch_size={train.batch_size} is larger than the training set ({len(train_set)} samples)")
-    optimizer = build_optimizer(model, config.optim)
+    optimizer = build_optimizer(model, config.optim, device_type=accelerator.device.type)
     if train.compile:
         model = torch.compile(model)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -518,46 +603,35 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
         progress = tqdm(total=len(train_loader), initial=state.batches_done, desc=f"epoch {state.epoch}",
                         disable=not show_bar, leave=False)
         for batch in batches:
-            with accelerator.accumulate(model):
-                loss, extras = task.loss(model, batch)
-                loss_value = loss.item()
-                if _all_finite(accelerator, loss, loss_value):
-                    accelerator.backward(loss)
-                    window_losses.append(loss_value)
-                elif train.nonfinite_loss == "stop":
-                    raise NonFiniteLossError(
-                        f"loss is {loss_value} at epoch {state.epoch}, batch {state.batches_done}, optimizer step "
-                        f"{state.global_step + 1}; stopped without saving (checkpoints in {output_dir / 'checkpoints'} "
-                        "are intact; lower optim.lr, set train.clip_grad_norm, or train.nonfinite_loss=skip)"
-                    )
-                else:
-                    window_ok = False
-                if accelerator.sync_gradients:
-                    stepped = window_ok
-                    if window_ok:
-                        grad_norm = None
-                        if train.clip_grad_norm:
-                            grad_norm = accelerator.clip_grad_norm_(model.parameters(), train.clip_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        if ema is not None:
-                            ema.update(accelerator.unwrap_model(model))
-                        state.global_step += 1
-                    else:
-                        skipped_steps += 1
-                        logger.warning("non-finite loss: skipped optimizer step %d (%d skipped so far)",
-                                       state.global_step + 1, skipped_steps)
-                    optimizer.zero_grad(set_to_none=True)
-                    window_ok = True
+            result = train_step(task, model, batch, accelerator, optimizer, scheduler,
+                                clip_grad_norm=train.clip_grad_norm, ema=ema, window_ok=window_ok)
+            window_ok = result.window_ok
+            if result.finite:
+                window_losses.append(result.loss)
+            elif train.nonfinite_loss == "stop":
+                raise NonFiniteLossError(
+                    f"loss is {result.loss} at epoch {state.epoch}, batch {state.batches_done}, optimizer step "
+                    f"{state.global_step + 1}; stopped without saving (checkpoints in {output_dir / 'checkpoints'} "
+                    "are intact; lower optim.lr, set train.clip_grad_norm, or train.nonfinite_loss=skip)"
+                )
+            if result.stepped:
+                state.global_step += 1
+            elif result.synced:
+                skipped_steps += 1
+                logger.warning("non-finite loss: skipped optimizer step %d (%d skipped so far)",
+                               state.global_step + 1, skipped_steps)
             state.batches_done += 1
             progress.update()
-            if not (accelerator.sync_gradients and stepped):
+            if not result.stepped:
                 continue
             if state.global_step % train.log_every_steps == 0:
+                # The task's scalars and the gradient norm stay on the device until here: one read at a
+                # log step instead of one per scalar and batch.
+                scalars = dict(result.extras)
+                if result.grad_norm is not None:
+                    scalars["grad_norm"] = result.grad_norm
                 logged = {"loss": sum(window_losses) / max(len(window_losses), 1),
-                          "lr": scheduler.get_last_lr()[0], **{k: float(v) for k, v in extras.items()}}
-                if grad_norm is not None:
-                    logged["grad_norm"] = float(grad_norm)
+                          "lr": scheduler.get_last_lr()[0], **read_scalars(scalars)}
                 progress.set_postfix(loss=f"{logged['loss']:.4f}")
                 metrics_log.log("train", state.global_step, state.epoch, logged, echo=not show_bar,
                                 note=f"/{stop_at}" if stop_at is not None else "")

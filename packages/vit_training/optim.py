@@ -173,8 +173,21 @@ def _layer_and_scale(
     return (layer_id if layer_decay is not None else None), scale
 
 
+# Devices with torch's fused AdamW kernel. On the CPU it is measured faster than the multi-tensor
+# (foreach) one too: 0.46 ms against 1.44 ms per step for the Fashion-MNIST recipe's 0.4 M parameters.
+_FUSED_ADAMW_DEVICES = ("cuda", "cpu", "mps", "xpu", "hpu")
+
+
+def adamw_kernel(device_type: str) -> dict[str, bool]:
+    """AdamW's implementation for parameters trained on `device_type`: ``{"fused": True}`` where torch has
+    the fused kernel (one pass over all tensors; on CUDA one launch per step instead of several per tensor
+    group), else ``{"foreach": True}`` (multi-tensor ops). A pure function of the device type."""
+    return {"fused": True} if device_type in _FUSED_ADAMW_DEVICES else {"foreach": True}
+
+
 def build_optimizer(
-    model: nn.Module, cfg: OptimizerConfig, no_weight_decay_names: Iterable[str] | None = None
+    model: nn.Module, cfg: OptimizerConfig, no_weight_decay_names: Iterable[str] | None = None,
+    device_type: str | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW or SGD (`cfg.name`) over `param_groups(model, ...)`; each group's lr is cfg.lr * its "lr_scale".
 
@@ -184,6 +197,8 @@ def build_optimizer(
         model: the model to train (not yet prepared).
         cfg: the optimizer section of the config.
         no_weight_decay_names: extra exempt names a task knows of (see `param_groups`).
+        device_type: where the parameters will be trained (``accelerator.device.type``), which chooses
+            AdamW's kernel (`adamw_kernel`); default: where they are now.
     """
     groups = param_groups(
         model,
@@ -197,12 +212,16 @@ def build_optimizer(
     if cfg.name == "sgd":
         # Weight decay stays per group (norms, biases and embeddings exempt) as for AdamW; in SGD it
         # is L2 added to the gradient, which is what TransUNet's torch.optim.SGD(weight_decay=1e-4) does.
+        # foreach: multi-tensor updates instead of a Python loop over the tensors.
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, foreach=True)
     if cfg.name != "adamw":
         raise ValueError(f"optim.name={cfg.name!r} is not one of adamw, sgd")
-    # The fused kernel updates all tensors in one pass (the same AdamW arithmetic), much faster than
-    # the default per-tensor loop for models of many small tensors. torch fuses floating-point tensors only.
-    fused = all(param.is_floating_point() for group in groups for param in group["params"])
+    if device_type is None:
+        device_type = next((p.device.type for group in groups for p in group["params"]), "cpu")
+    kernel = adamw_kernel(device_type)
+    # The fused kernel (the same AdamW arithmetic) takes floating-point tensors only.
+    if kernel.get("fused") and not all(param.is_floating_point() for group in groups for param in group["params"]):
+        kernel = {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             fused=fused)
+                             **kernel)

@@ -20,7 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from .config import OptimizerConfig, ScheduleConfig, TrainConfig
 
-__all__ = ["Task", "TrainableConfig"]
+__all__ = ["Scalar", "Task", "TrainableConfig"]
+
+# A value `Task.loss` hands to the log: a detached 0-d tensor (read lazily, at log steps) or a number.
+Scalar = float | torch.Tensor
 
 
 @runtime_checkable
@@ -78,11 +81,14 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Scalar]]:
         """The scalar training loss of one batch and extra scalars to log (e.g. accuracy).
 
         Runs inside the loop's autocast and gradient-accumulation context; `batch` is already on
-        the device.
+        the device. Return the scalars to log as detached 0-d tensors (floats are accepted): the
+        loop reads them only at log steps, all in one host-device sync, so a step costs no more
+        than the non-finite guard's one read of the loss. Calling `.item()`, `float()` or
+        `bool()` on a device tensor here stalls every step until the device catches up.
         """
 
     @abstractmethod
