@@ -17,10 +17,12 @@ reads ``configs/x.yaml: model.n_skip=4 must lie in [0, 3] ...``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from vit_backbone import BackboneConfig
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
+
+from .inference import InferenceMode, flip_combinations
 
 DataFormat = Literal["synapse", "nifti"]
 Modality = Literal["ct", "mr"]
@@ -221,19 +223,44 @@ class EvalConfig:
             ``"standard"`` (HD95 in mm at the volume's spacing, NaN/inf for empty masks).
         other_mode: also compute the other convention, logged as ``standard/...`` or
             ``transunet/...`` (costs a second distance transform per class).
-        slice_batch_size: slices per forward pass when predicting a volume.
+        slice_batch_size: slices per forward pass when predicting a volume (with sliding windows:
+            slices whose windows are blended together).
         overlay_slices: slices drawn by `visualize` (PNG overlays of image, truth and prediction).
+        inference: how a slice is predicted (`vit_segmentation.inference`): ``"resize"`` to
+            `data.input_size` and the labels back (TransUNet), or ``"sliding_window"``: windows of
+            `data.input_size` at the slice's own resolution, blended with a Gaussian weight.
+        window_overlap: fraction of a window shared with its neighbour along each axis, in [0, 1)
+            (``sliding_window`` only; 0.5 as MONAI's and nnU-Net's usual choice).
+        window_batch_size: windows per forward pass (``sliding_window`` only).
+        tta_flips: test-time flips whose softmax is averaged with the unflipped pass: false (none),
+            true (height, width and both), or a list such as ``[height, [height, width]]``.
     """
 
     metric_mode: MetricMode = "transunet"
     other_mode: bool = True
     slice_batch_size: int = 16
     overlay_slices: int = 4
+    inference: InferenceMode = "resize"
+    window_overlap: float = 0.5
+    window_batch_size: int = 32
+    tta_flips: Any = False
 
     def __post_init__(self) -> None:
         check_choices(self)
         _check(self.slice_batch_size >= 1, f"slice_batch_size={self.slice_batch_size} must be >= 1")
         _check(self.overlay_slices >= 0, f"overlay_slices={self.overlay_slices} must be >= 0")
+        _check(0.0 <= self.window_overlap < 1.0, f"window_overlap={self.window_overlap} must lie in [0, 1)")
+        _check(self.window_batch_size >= 1, f"window_batch_size={self.window_batch_size} must be >= 1")
+        flip_combinations(self.tta_flips)  # raises a one-line ValueError naming the bad entry
+
+    def inference_options(self) -> dict[str, Any]:
+        """The keyword arguments of `task.predict_volume` that choose how slices are predicted."""
+        return {
+            "inference": self.inference,
+            "window_overlap": self.window_overlap,
+            "window_batch_size": self.window_batch_size,
+            "tta_flips": self.tta_flips,
+        }
 
 
 @dataclass

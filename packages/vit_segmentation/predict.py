@@ -101,7 +101,8 @@ def segment_slice(model: torch.nn.Module, image: np.ndarray, config: Segmentatio
         labels of the input's shape, uint8 (uint16 above 256 classes).
     """
     data = config.data
-    return predict_volume(model, image, data.input_size, data.interpolation, config.eval.slice_batch_size)
+    return predict_volume(model, image, data.input_size, data.interpolation, config.eval.slice_batch_size,
+                          **config.eval.inference_options())
 
 
 def _predict_one(model: torch.nn.Module, path: Path, config: SegmentationConfig, output: Path) -> None:

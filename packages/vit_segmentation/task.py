@@ -45,6 +45,13 @@ from .data import (
     check_slice_header,
     find_nifti_cases,
 )
+from .inference import (
+    INFERENCE_MODES,
+    InferenceMode,
+    flip_combinations,
+    predict_with_flips,
+    sliding_window_predict,
+)
 from .losses import CeDiceLoss
 from .metrics import METRIC_MODES, case_metrics, format_table, summarize, write_case_csv
 from .model import TransUNet, build_transunet
@@ -165,44 +172,78 @@ def predict_volume(
     input_size: Sequence[int],
     interpolation: Interpolation = "bicubic",
     batch_size: int = 16,
+    *,
+    inference: InferenceMode = "resize",
+    window_overlap: float = 0.5,
+    window_batch_size: int = 32,
+    tta_flips: Any = False,
 ) -> np.ndarray:
-    """Segment a volume slice by slice, as TransUNet's `test_single_volume` does.
+    """Segment a volume slice by slice, resized as TransUNet's `test_single_volume` or with sliding windows.
 
-    Each slice is resized to `input_size` (the training size), a batch of slices goes through the
-    model (on the device of its parameters, in whatever autocast context the caller set), the
-    argmax over classes is resized back to the slice size with nearest neighbours, and the slices
-    are stacked.
+    ``inference="resize"``: each slice is resized to `input_size` (the training size), a batch of
+    slices goes through the model, the argmax over classes is resized back to the slice size with
+    nearest neighbours. ``"sliding_window"``: windows of `input_size` at the slice's own
+    resolution, their softmax blended with a Gaussian weight (`inference.sliding_window_predict`),
+    argmax at full resolution. `tta_flips` averages the softmax over flipped slices in either mode.
+    The model runs on the device of its parameters, in whatever autocast context the caller set.
 
     Args:
-        model: a segmentation model, images (B, 1, h, w) -> logits (B, C, h, w).
-        image: float (S, H, W) normalised volume (S = slicing axis), or one (H, W) slice.
-        input_size: (h, w) the model was trained at.
-        interpolation: image resize, "bicubic" or "bilinear".
-        batch_size: slices per forward pass.
+        model: a segmentation model, images (B, C_in, h, w) -> logits (B, C, h, w).
+        image: float normalised volume (S, H, W) (S = slicing axis), one (H, W) slice, or a
+            multi-channel volume (S, C_in, H, W).
+        input_size: (h, w) the model was trained at (the window of ``"sliding_window"``).
+        interpolation: image resize of ``"resize"``, "bicubic" or "bilinear".
+        batch_size: slices per forward pass (per blended group of windows for sliding windows).
+        inference: ``"resize"`` or ``"sliding_window"`` (`EvalConfig.inference`).
+        window_overlap: fraction of a window shared with its neighbour, in [0, 1).
+        window_batch_size: windows per forward pass.
+        tta_flips: test-time flips (`EvalConfig.tta_flips`: false, true or a list of axis names).
 
     Returns:
         labels (S, H, W) (or (H, W) for a 2D input), uint8 (uint16 above 256 classes).
     """
+    if inference not in INFERENCE_MODES:
+        raise ValueError(f"inference={inference!r} is not one of {', '.join(INFERENCE_MODES)}")
+    flips = flip_combinations(tta_flips)
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim not in (2, 3):
-        raise ValueError(f"expected a volume (S, H, W) or a slice (H, W), got shape {image.shape}")
+    if image.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"expected a volume (S, H, W), a slice (H, W) or a multi-channel volume (S, C, H, W), got shape {image.shape}"
+        )
     volume = image[None] if image.ndim == 2 else image
+    volume = volume[:, None] if volume.ndim == 3 else volume  # (S, C_in, H, W)
     if volume.shape[0] == 0:
         raise ValueError(f"the volume has no slices (shape {image.shape})")
     net = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    num_slices, height, width = volume.shape
+    num_slices, _, height, width = volume.shape
+
+    def probabilities(images: torch.Tensor) -> torch.Tensor:
+        return net(images).float().softmax(dim=1)
+
     output: np.ndarray | None = None
     for start in range(0, num_slices, batch_size):
         stop = min(start + batch_size, num_slices)
-        chunk = np.stack([resize_image(volume[index], input_size, interpolation) for index in range(start, stop)])
-        logits = net(torch.from_numpy(chunk)[:, None].to(device))
+        if inference == "resize":
+            chunk = np.stack([
+                np.stack([resize_image(channel, input_size, interpolation) for channel in volume[index]])
+                for index in range(start, stop)
+            ])
+            images = torch.from_numpy(chunk).to(device)
+            # Without flips: argmax of the logits = argmax of the softmax TransUNet takes first.
+            scores = net(images) if flips == [()] else predict_with_flips(probabilities, images, flips)
+        else:
+            images = torch.from_numpy(np.ascontiguousarray(volume[start:stop])).to(device)
+
+            def windows(batch: torch.Tensor) -> torch.Tensor:
+                return sliding_window_predict(probabilities, batch, input_size, window_overlap, window_batch_size)
+
+            scores = predict_with_flips(windows, images, flips)
         if output is None:
-            output = np.zeros((num_slices, height, width), dtype=_label_dtype(logits.shape[1]))
-        # argmax of the logits = argmax of the softmax TransUNet takes first.
-        predicted = logits.float().argmax(dim=1).cpu().numpy()
+            output = np.zeros((num_slices, height, width), dtype=_label_dtype(scores.shape[1]))
+        predicted = scores.float().argmax(dim=1).cpu().numpy()
         for offset, index in enumerate(range(start, stop)):
             output[index] = resize_labels(predicted[offset], (height, width))
     net.train(was_training)
@@ -403,7 +444,7 @@ class SegmentationTask(Task):
         image = volume.image if isinstance(volume, Volume) else volume
         data = self.config.data
         return predict_volume(model, image, data.input_size, data.interpolation,
-                              batch_size=self.config.eval.slice_batch_size)
+                              batch_size=self.config.eval.slice_batch_size, **self.config.eval.inference_options())
 
     def case_record(self, model: nn.Module, volume: Volume) -> dict[str, Any]:
         """One case's metrics per computed convention: {"case", "<mode>/dice": [...], "<mode>/hd95": [...]}."""

@@ -1,0 +1,209 @@
+"""Sliding-window inference and test-time flips (`vit_segmentation.inference`, `task.predict_volume`)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vit_segmentation.config import EvalConfig
+from vit_segmentation.inference import (
+    flip_combinations,
+    gaussian_importance_map,
+    predict_with_flips,
+    sliding_window_predict,
+    window_starts,
+)
+from vit_segmentation.task import predict_volume
+from vit_training.config import ConfigError, load_config
+
+
+def _conv_model(in_chans: int = 1, classes: int = 3, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(in_chans, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 3, padding=1)
+    ).eval()
+
+
+class _Constant(nn.Module):
+    """Logits that ignore the image: the same vector at every pixel."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__()
+        self.values = nn.Parameter(torch.tensor(values))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.values[None, :, None, None].expand(x.shape[0], -1, *x.shape[-2:]).clone()
+
+
+def _window_position(x: torch.Tensor) -> torch.Tensor:
+    """Two 'logits' per pixel: its row and its column inside the window (a function of position only)."""
+    n, _, h, w = x.shape
+    rows = torch.arange(h, dtype=torch.float32)[:, None].expand(h, w)
+    cols = torch.arange(w, dtype=torch.float32)[None, :].expand(h, w)
+    return torch.stack([rows, cols])[None].expand(n, -1, -1, -1).clone()
+
+
+def test_window_starts_cover_the_axis_and_end_flush() -> None:
+    assert window_starts(16, 16, 0.5) == [0]
+    assert window_starts(20, 8, 0.5) == [0, 4, 8, 12]
+    assert window_starts(21, 8, 0.5) == [0, 4, 8, 12, 13]
+    assert window_starts(21, 8, 0.0) == [0, 8, 13]
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(21, 8, 1.0)
+
+
+def test_gaussian_map_peaks_at_the_centre_and_is_floored() -> None:
+    weights = gaussian_importance_map((9, 16))
+    assert weights.shape == (9, 16)
+    assert weights[4, 7] == pytest.approx(weights[4, 8])  # even width: two centre pixels
+    assert float(weights.max()) == pytest.approx(np.exp(-(0.5**2) / (2 * 2.0**2)), rel=1e-6)
+    assert float(weights.min()) >= 1e-3
+    assert torch.equal(weights, weights.flip(0)) and torch.equal(weights, weights.flip(1))
+
+
+def test_window_as_large_as_the_slice_is_the_plain_forward() -> None:
+    model = _conv_model()
+    images = torch.randn(2, 1, 16, 24)
+    with torch.no_grad():
+        blended = sliding_window_predict(model, images, (16, 24), overlap=0.5, batch_size=1)
+        direct = model(images)
+    torch.testing.assert_close(blended, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_constant_logits_stay_constant() -> None:
+    model = _Constant([0.5, -1.0, 2.0])
+    images = torch.randn(3, 1, 37, 50)
+    with torch.no_grad():
+        blended = sliding_window_predict(model, images, (16, 16), overlap=0.5, batch_size=5)
+    expected = torch.tensor([0.5, -1.0, 2.0])[None, :, None, None].expand_as(blended)
+    torch.testing.assert_close(blended, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_position_dependent_logits_blend_like_a_direct_reference() -> None:
+    height, width, window, overlap = 23, 30, (10, 12), 0.25
+    images = torch.zeros(1, 1, height, width)
+    blended = sliding_window_predict(_window_position, images, window, overlap=overlap, batch_size=3)
+
+    # Reference: for every pixel, loop over the windows that cover it (steps int(10*0.75)=7, int(12*0.75)=9).
+    sigma = [0.125 * window[0], 0.125 * window[1]]
+    gauss = [np.exp(-((np.arange(n) - (n - 1) / 2) ** 2) / (2 * s**2)) for n, s in zip(window, sigma, strict=True)]
+    weight_map = np.maximum(np.outer(gauss[0], gauss[1]), 1e-3)
+    rows = [0, 7, 13]  # 0, 7, 14 -> the last moved back to 23 - 10 = 13
+    cols = [0, 9, 18]  # 0, 9, 18 (18 + 12 = 30 reaches the end)
+    numerator = np.zeros((2, height, width))
+    denominator = np.zeros((height, width))
+    for top, left in itertools.product(rows, cols):
+        for y, x in itertools.product(range(window[0]), range(window[1])):
+            weight = weight_map[y, x]
+            numerator[:, top + y, left + x] += weight * np.array([y, x])
+            denominator[top + y, left + x] += weight
+    reference = numerator / denominator
+    np.testing.assert_allclose(blended[0].numpy(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_matches_monai_sliding_window_inference() -> None:
+    monai_inferers = pytest.importorskip("monai.inferers")
+    model = _conv_model(in_chans=2, classes=4, seed=3)
+    images = torch.randn(2, 2, 45, 38, generator=torch.Generator().manual_seed(1))
+    for overlap in (0.5, 0.25):
+        with torch.no_grad():
+            ours = sliding_window_predict(model, images, (16, 24), overlap=overlap, batch_size=4)
+            theirs = monai_inferers.sliding_window_inference(
+                images, (16, 24), 4, model, overlap=overlap, mode="gaussian", sigma_scale=0.125
+            )
+        torch.testing.assert_close(ours, torch.as_tensor(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_slices_smaller_than_the_window_are_padded_and_cropped() -> None:
+    monai_inferers = pytest.importorskip("monai.inferers", reason="the padded case is compared with MONAI")
+    model = _conv_model(seed=5)
+    images = torch.randn(1, 1, 11, 40, generator=torch.Generator().manual_seed(2))  # height < window
+    with torch.no_grad():
+        ours = sliding_window_predict(model, images, (16, 16), overlap=0.5)
+        theirs = monai_inferers.sliding_window_inference(
+            images, (16, 16), 4, model, overlap=0.5, mode="gaussian", sigma_scale=0.125
+        )
+    assert ours.shape == (1, 3, 11, 40)
+    torch.testing.assert_close(ours, torch.as_tensor(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_padding_of_a_slice_smaller_than_the_window_in_both_axes() -> None:
+    model = _conv_model(seed=6)
+    images = torch.randn(1, 1, 9, 13)
+    with torch.no_grad():
+        ours = sliding_window_predict(model, images, (16, 20), overlap=0.5)
+        # One window over the zero-padded slice (3 rows above, 4 below, 3 columns left, 4 right).
+        padded = torch.nn.functional.pad(images, (3, 4, 3, 4))
+        direct = model(padded)[:, :, 3:12, 3:16]
+    assert ours.shape == (1, 3, 9, 13)
+    torch.testing.assert_close(ours, direct, rtol=1e-6, atol=1e-6)
+
+
+def test_flip_combinations_parse_the_config_forms() -> None:
+    assert flip_combinations(False) == [()]
+    assert flip_combinations(None) == [()]
+    assert flip_combinations(True) == [(), (0,), (1,), (0, 1)]
+    assert flip_combinations(["width", ["height", "width"]]) == [(), (1,), (0, 1)]
+    with pytest.raises(ValueError, match="unknown axis 'depth'"):
+        flip_combinations([["depth"]])
+
+
+def test_flips_on_a_flip_equivariant_model_change_nothing() -> None:
+    # A 3x3 convolution whose kernel is symmetric under both flips, zero padding: flipping the
+    # input flips the output, so averaging the flipped passes gives the unflipped one.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 3, 3, padding=1)
+    with torch.no_grad():
+        kernel = conv.weight
+        conv.weight.copy_((kernel + kernel.flip(2) + kernel.flip(3) + kernel.flip(2).flip(3)) / 4)
+    images = torch.randn(2, 1, 12, 17)
+    with torch.no_grad():
+        plain = conv(images).softmax(1)
+        averaged = predict_with_flips(lambda x: conv(x).softmax(1), images, flip_combinations(True))
+    torch.testing.assert_close(averaged, plain, rtol=1e-5, atol=1e-6)
+
+    # Through predict_volume in both modes (sliding windows: a pixel-wise model, since flipped
+    # slices are cut into mirrored windows).
+    pointwise = nn.Conv2d(1, 3, 1)
+    volume = np.random.default_rng(0).normal(size=(3, 20, 27)).astype(np.float32)
+    for model, mode in ((conv, "resize"), (pointwise, "sliding_window")):
+        without = predict_volume(model, volume, (12, 16), "bilinear", 2, inference=mode)
+        with_flips = predict_volume(model, volume, (12, 16), "bilinear", 2, inference=mode, tta_flips=True)
+        np.testing.assert_array_equal(with_flips, without)
+
+
+def test_predict_volume_sliding_window_is_full_resolution_blending() -> None:
+    model = _conv_model(seed=7)
+    volume = np.random.default_rng(1).normal(size=(5, 30, 41)).astype(np.float32)
+    labels = predict_volume(model, volume, (16, 16), "bilinear", 2, inference="sliding_window",
+                            window_overlap=0.5, window_batch_size=3)
+    with torch.no_grad():
+        blended = sliding_window_predict(lambda x: model(x).softmax(1), torch.from_numpy(volume)[:, None],
+                                         (16, 16), overlap=0.5, batch_size=7)
+    assert labels.shape == (5, 30, 41) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, blended.argmax(1).numpy())
+    # A multi-channel volume (S, C, H, W) goes through the same path.
+    two = _conv_model(in_chans=2, seed=8)
+    stacked = np.stack([volume, -volume], axis=1)
+    assert predict_volume(two, stacked, (16, 16), inference="sliding_window").shape == (5, 30, 41)
+    assert predict_volume(two, stacked, (16, 16), "bilinear").shape == (5, 30, 41)
+
+
+def test_eval_config_checks_the_inference_keys(tmp_path) -> None:
+    from vit_segmentation.config import SegmentationConfig
+
+    assert EvalConfig().inference == "resize"
+    config = load_config(SegmentationConfig, None, ["eval.inference=sliding_window", "eval.tta_flips=[height]"])
+    assert config.eval.inference_options()["tta_flips"] == ["height"]
+    for override, message in (
+        ("eval.inference=tiles", "eval.inference"),
+        ("eval.window_overlap=1.0", "eval.window_overlap=1.0 must lie in"),
+        ("eval.window_batch_size=0", "eval.window_batch_size=0 must be >= 1"),
+        ("eval.tta_flips=[depth]", "unknown axis 'depth'"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+            load_config(SegmentationConfig, None, [override])
