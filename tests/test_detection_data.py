@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from vit_detection import prepare
-from vit_detection.data import CocoDetection, collate_detection, load_coco_json, read_rgb
+from vit_detection.config import DetectionConfig
+from vit_detection.data import CocoDetection, collate_detection, load_coco_json, pad_divisor, read_rgb
 from vit_detection.prepare import (
     DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
@@ -29,7 +30,10 @@ from vit_detection.transforms import (
     coco_to_normalized_cxcywh,
     resized_shape,
 )
+from vit_training.config import ConfigError, load_config
 from vit_training.seeding import sample_seed
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -365,6 +369,70 @@ def test_collate_pads_bottom_right_to_a_multiple_and_masks_the_padding() -> None
     assert images.shape == (1, 3, 5, 7) and not mask.any()
     with pytest.raises(ValueError, match="size_divisor"):
         collate_detection([(a, targets[0])], size_divisor=0)
+
+
+def coco_like_batch_shapes(config: DetectionConfig, images: int, batch_size: int, seed: int = 0) -> set[tuple[int, int]]:
+    """The padded (H, W) of every batch of an epoch of COCO-like image sizes, through the real collate.
+
+    Originals of COCO's usual sizes (640 x 480, 480 x 640, 640 x 427, 640 x 360) and random aspect
+    ratios in [1/2, 2]; the config's random crop (each side kept 60-100%, with its crop_prob), then
+    DETR's resize to a short side drawn from train_sizes with the long side capped at max_size
+    (`resized_shape`, what the training transform does). Items are 1-channel uint8 tensors of the
+    resized size: the collate pads by shape, the pixel values do not matter here.
+    """
+    rng = np.random.default_rng(seed)
+    data = config.data
+    divisor = pad_divisor(config.model.backbone.resolved_patch_size, data.pad_size_multiple)
+    shapes = set()
+    for _ in range(images // batch_size):
+        items = []
+        for _ in range(batch_size):
+            if rng.random() < 0.8:
+                width, height = [(640, 480), (480, 640), (640, 427), (640, 360)][int(rng.integers(4))]
+            else:
+                aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))  # width / height
+                width, height = (640, round(640 / aspect)) if aspect >= 1 else (round(640 * aspect), 640)
+            if rng.random() < data.crop_prob:
+                height = int(rng.integers(math.ceil(data.crop_min_scale * height), height + 1))
+                width = int(rng.integers(math.ceil(data.crop_min_scale * width), width + 1))
+            h, w = resized_shape(height, width, int(rng.choice(data.train_sizes)), data.max_size)
+            items.append((torch.empty((1, h, w), dtype=torch.uint8), {}))
+        batch, mask, _ = collate_detection(items, size_divisor=divisor)
+        assert batch.shape[-2:] == mask.shape[-2:]
+        shapes.add(tuple(batch.shape[-2:]))
+    return shapes
+
+
+def test_pad_size_multiple_keeps_coco_batch_shapes_few() -> None:
+    """DETR's multi-scale sizes give nearly every batch a new shape; padding to a multiple bounds them."""
+    config = load_config(DetectionConfig, ROOT / "configs/detection/coco_vit_b16.yaml")
+    assert config.data.pad_size_multiple == 128
+    plain = load_config(DetectionConfig, ROOT / "configs/detection/coco_vit_b16.yaml", ["data.pad_size_multiple=null"])
+    coarse = load_config(DetectionConfig, ROOT / "configs/detection/coco_vit_b16.yaml", ["data.pad_size_multiple=256"])
+    for batch_size in (2, 8):
+        unpadded = coco_like_batch_shapes(plain, 800, batch_size)
+        padded = coco_like_batch_shapes(config, 800, batch_size)
+        fewest = coco_like_batch_shapes(coarse, 800, batch_size)
+        # Short sides 480..800 and long sides up to 1333 fall on 8 multiples of 128 each (512..1408).
+        assert all(h % 128 == 0 and w % 128 == 0 and 512 <= min(h, w) and max(h, w) <= 1408 for h, w in padded)
+        assert len(padded) <= 64 and len(unpadded) >= 3 * len(padded), (len(unpadded), len(padded))
+        assert len(fewest) <= 25 and len(fewest) < len(padded), (len(fewest), len(padded))
+        assert all(h % 256 == 0 and w % 256 == 0 for h, w in fewest)
+    assert len(coco_like_batch_shapes(plain, 800, 2)) > 150
+
+
+def test_pad_divisor_and_pad_size_multiple_validation() -> None:
+    assert pad_divisor(16) == 16 and pad_divisor(16, None) == 16
+    assert pad_divisor(16, 128) == 128 and pad_divisor(8, 20) == 40 and pad_divisor(16, 1) == 16
+    with pytest.raises(ValueError, match="pad_size_multiple"):
+        pad_divisor(16, 0)
+    for bad in ("0", "-32"):
+        with pytest.raises(ConfigError, match=r"data.pad_size_multiple=-?\d+ must be a positive number of pixels"):
+            load_config(DetectionConfig, None, [f"data.pad_size_multiple={bad}"])
+    with pytest.raises(ConfigError, match="pad_size_multiple"):
+        load_config(DetectionConfig, None, ["data.pad_size_multiple=1.5"])
+    assert load_config(DetectionConfig, None).data.pad_size_multiple is None
+    assert load_config(DetectionConfig, ROOT / "configs/detection/coco_folder.yaml").data.pad_size_multiple is None
 
 
 # ------------------------------------------------------------------------------------ prepare

@@ -60,6 +60,7 @@ __all__ = [
     "DetectionTarget",
     "collate_detection",
     "load_coco_json",
+    "pad_divisor",
     "read_rgb",
 ]
 
@@ -384,6 +385,21 @@ class CocoDetection(Dataset):
 
 
 # ------------------------------------------------------------------------------------ batching
+def pad_divisor(patch_size: int, pad_size_multiple: int | None = None) -> int:
+    """The `size_divisor` of `collate_detection` for a backbone patch and ``data.pad_size_multiple``.
+
+    The least common multiple of the two, so padded batches stay whole patches and fall on the
+    requested grid of sizes (e.g. patch 16, multiple 128 -> 128; patch 8, multiple 20 -> 40).
+    """
+    if patch_size < 1:
+        raise ValueError(f"patch_size must be >= 1, got {patch_size}")
+    if pad_size_multiple is None:
+        return int(patch_size)
+    if pad_size_multiple < 1:
+        raise ValueError(f"pad_size_multiple must be >= 1 (or None), got {pad_size_multiple}")
+    return math.lcm(int(patch_size), int(pad_size_multiple))
+
+
 def collate_detection(
     batch: Sequence[tuple[torch.Tensor, DetectionTarget]], size_divisor: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, list[DetectionTarget]]:
@@ -394,7 +410,8 @@ def collate_detection(
     Args:
         batch: (image float (3, h_i, w_i), target) pairs as `CocoDetection` returns them.
         size_divisor: the padded height and width are rounded up to a multiple of this (the
-            backbone's patch size, so every token covers pixels of one kind).
+            backbone's patch size, so every token covers pixels of one kind; `pad_divisor` adds
+            ``data.pad_size_multiple``, which keeps the number of batch shapes small).
 
     Returns:
         images: float (B, 3, H, W), each image at the top left, zeros at the bottom/right, with

@@ -40,7 +40,7 @@ from .coco_eval import (
 )
 from .config import DetectionConfig, DetectionDataConfig
 from .criterion import SetCriterion
-from .data import CocoDetection, collate_detection, load_coco_json
+from .data import CocoDetection, collate_detection, load_coco_json, pad_divisor
 from .matcher import HungarianMatcher
 from .model import build_detector
 from .postprocess import PostProcess
@@ -246,7 +246,8 @@ class DetectionTask(Task):
 
     def collate_fn(self, train: bool) -> Callable[[list[Any]], Any]:
         # A partial of a module-level function pickles, so DataLoader workers can use it.
-        return functools.partial(collate_detection, size_divisor=self.patch_size)
+        divisor = pad_divisor(self.patch_size, self.config.data.pad_size_multiple)
+        return functools.partial(collate_detection, size_divisor=divisor)
 
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """DETR's weighted set loss of one batch (images (B, 3, H, W), pad_mask (B, H, W), B target dicts)
