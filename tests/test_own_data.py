@@ -194,7 +194,7 @@ def test_nifti_folder_recipe_splits_trains_evaluates_and_predicts(tmp_path: Path
     out = tmp_path / "predicted"
     scan = data / "imagesTr" / f"{split['eval'][0]}_0000.nii.gz"
     assert run("segment", "predict", "--weights", str(run_dir), str(scan), "--output", str(out), "--cpu") == 0
-    predicted = nib.load(out / f"{split['eval'][0]}_0000_labels.nii.gz")
+    predicted = nib.load(out / f"{split['eval'][0]}.nii.gz")  # nnU-Net's naming: <case>.nii.gz
     assert predicted.shape == (24, 24, 4)
     np.testing.assert_allclose(predicted.affine, nib.load(scan).affine)
 

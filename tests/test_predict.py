@@ -205,7 +205,7 @@ def test_segment_predict_equals_evaluate_and_keeps_the_nifti_header(tmp_path: Pa
     assert run(spec, "predict", "--weights", str(run_dir), str(scan), "--output", str(tmp_path / "out")) == 0
     capsys.readouterr()
 
-    written = nib.load(tmp_path / "out" / "b_labels.nii.gz")
+    written = nib.load(tmp_path / "out" / "b.nii.gz")
     source = nib.load(scan)
     assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (4, 4)
     np.testing.assert_allclose(written.header.get_qform(), source.header.get_qform(), atol=1e-5)
@@ -225,8 +225,10 @@ def test_segment_predict_equals_evaluate_and_keeps_the_nifti_header(tmp_path: Pa
     task = spec.build_task(load_config(spec.config_schema, run_dir / "config.yaml"))
     model = load_weights_for_inference(spec.inference_model(task), run_dir / "model.safetensors").eval()
     with torch.no_grad(), build_accelerator(task.config.train).autocast():
-        evaluated = task.predict_volume(model, task.build_eval_dataset()[0])
-    np.testing.assert_array_equal(prediction, evaluated)
+        volume = task.build_eval_dataset()[0]
+        evaluated = task.predict_volume(model, volume)
+    # Evaluation works on the grid reoriented to data.orientation (RAS); the file is in the scan's own (LAS) order.
+    np.testing.assert_array_equal(prediction, np.moveaxis(volume.to_source(evaluated), 2, 0))
 
 
 def test_segment_predict_keeps_codes_1_0_and_reports_bad_inputs(tmp_path: Path,
@@ -246,8 +248,8 @@ def test_segment_predict_keeps_codes_1_0_and_reports_bad_inputs(tmp_path: Path,
     assert [line.split(": ")[0] for line in lines[:-1]] == [
         str(tmp_path / name) for name in ("broken.nii.gz", "notes.txt", "gone.nii.gz")]
     assert lines[-1] == "3 of 4 inputs failed"
-    assert sorted(p.name for p in out.iterdir()) == ["good_labels.nii.gz", "good_overlay.png"]
-    header = nib.load(out / "good_labels.nii.gz").header
+    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "good_overlay.png"]
+    header = nib.load(out / "good.nii.gz").header
     assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 0)
     np.testing.assert_allclose(header.get_qform(), MNI, atol=1e-5)
     assert f"{tmp_path / 'good.nii.gz'} -> " in stdout

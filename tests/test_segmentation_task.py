@@ -298,7 +298,7 @@ def test_predict_writes_nifti_with_the_input_affine_and_png_label_maps(trained, 
     cli = load_cli()
     assert cli.main(["predict", "--weights", str(result.output_dir), str(tmp_path / "scan.nii.gz"),
                      str(tmp_path / "slice.png"), "--output", str(out), "--cpu"]) == 0
-    labels = nib.load(out / "scan_labels.nii.gz")
+    labels = nib.load(out / "scan.nii.gz")
     np.testing.assert_allclose(labels.affine, affine, atol=1e-6)
     assert labels.shape == (36, 40, 3) and set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
     png = np.asarray(Image.open(out / "slice_labels.png"))

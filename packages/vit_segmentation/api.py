@@ -2,7 +2,7 @@
 
     from vit_segmentation import Segmenter
     model = Segmenter.from_pretrained("runs/mri_lobes_cpu")
-    model.predict("scan.nii.gz").save("scan_labels.nii.gz")
+    model.predict("scan.nii.gz").save("scan_labels.nii.gz")  # on the scan's own grid and header
 
 The same preprocessing, network and precision as ``vitasks segment predict``: both go through
 `predict.segment_nifti` and `predict.segment_slice`.
@@ -25,7 +25,7 @@ from vit_training.api import ImageInput, Predictor
 from vit_training.data import read_grey
 
 from .config import SegmentationConfig
-from .data import Volume, write_nifti_labels
+from .data import Volume, write_source_labels
 from .model import build_transunet
 from .predict import input_kind, segment_nifti, segment_slice
 from .task import resolve_config
@@ -39,8 +39,8 @@ class Segmentation:
 
     Attributes:
         labels: integer class indices (0 = background): for a NIfTI volume in the file's own voxel
-            order (X, Y, Z), so `affine` maps it to world coordinates; for a 2D input (H, W); for
-            an in-memory volume (S, H, W) as given.
+            order and grid (X, Y, Z; reorientation and resampling undone), so `affine` maps it to
+            world coordinates; for a 2D input (H, W); for an in-memory volume (S, H, W) as given.
         affine: the 4x4 voxel-to-world affine of the NIfTI input, else None.
         class_names: the names of classes 1, 2, ... (index 0 is background).
         source: the file read (None for an in-memory input).
@@ -61,7 +61,7 @@ class Segmentation:
         """Write the labels as ``predict`` does: NIfTI on the input's grid (header kept), or a PNG of class indices."""
         path = Path(path)
         if self.volume is not None:
-            write_nifti_labels(path, np.moveaxis(self.labels, self.volume.axis, 0), self.volume)
+            write_source_labels(path, self.labels, self.volume)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(self.labels.astype(np.uint8 if self.labels.max(initial=0) < 256 else np.uint16)).save(path)
@@ -86,11 +86,17 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
         return resolve_config(config)
 
     def preprocessing(self) -> dict[str, Any]:
-        """Modality and its normalisation (CT window, MR percentiles), slicing axis, input size, interpolation."""
+        """Modality and its normalisation (CT window, MR percentiles, per channel), orientation, slicing
+        axis, spacing, input size, interpolation."""
         data = self.config.data
         return {"task": "image-segmentation", "modality": data.modality, "ct_window": list(data.ct_window),
                 "mr_percentiles": list(data.mr_percentiles), "axis": data.axis, "input_size": list(data.input_size),
-                "interpolation": data.interpolation, "channels": 1, "image_range": [0.0, 1.0],
+                "interpolation": data.interpolation, "channels": len(data.channels) if data.channels else 1,
+                "channel_names": list(data.channels) if data.channels else None,
+                "normalization": list(data.normalization) if data.normalization else None,
+                "orientation": data.orientation,
+                "target_spacing": list(data.target_spacing) if data.target_spacing is not None else None,
+                "image_range": [0.0, 1.0],
                 "num_classes": self.config.model.num_classes, "class_names": ["background", *self.class_names]}
 
     @torch.no_grad()
@@ -124,7 +130,7 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
             with self.autocast():
                 if kind == "nifti":
                     labels, volume = segment_nifti(self.model, path, self.config)
-                    return Segmentation(np.moveaxis(labels, 0, volume.axis), volume.affine, names, str(path), volume)
+                    return Segmentation(volume.to_source(labels), volume.affine, names, str(path), volume)
                 labels = segment_slice(self.model, read_grey(path), self.config)
             return Segmentation(labels, None, names, str(path))
         if isinstance(item, Image.Image):

@@ -92,8 +92,9 @@ COMMANDS = TaskCommands(
     predict_help="segment NIfTI volumes or PNG/JPEG slices",
     predict_description=(
         "Segment each input with the config the weights were trained with. A NIfTI file (.nii, .nii.gz) is "
-        "normalised as data.modality says (CT window or MR percentiles), sliced along data.axis and written "
-        "back as <name>_labels.nii.gz with the input's affine. A PNG/JPEG image is read as grey in [0, 1] and "
+        "read as training reads it (data.orientation, data.axis, data.target_spacing, data.channels) and "
+        "written back as <case>.nii.gz on the input's own grid, affine and header; a folder (e.g. imagesTs/) "
+        "segments every case in it. A PNG/JPEG image is read as grey in [0, 1] and "
         "written as <name>_labels.png (pixel value = class index). Each input also gets <name>_overlay.png."
     ),
     inference_model=_inference_model,

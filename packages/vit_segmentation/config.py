@@ -26,10 +26,13 @@ from .inference import InferenceMode, flip_combinations
 
 DataFormat = Literal["synapse", "nifti"]
 Modality = Literal["ct", "mr"]
+Normalization = Literal["ct", "mr", "zscore"]
 Interpolation = Literal["bilinear", "bicubic"]
 MetricMode = Literal["transunet", "standard"]
 FlipAxis = Literal["random", "height", "width"]
 OnBadSample = Literal["error", "skip"]
+# Orientation codes: each letter names one anatomical axis (the same check as data.check_orientation).
+_AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 
 
 def _check(condition: bool, message: str) -> None:
@@ -48,10 +51,11 @@ class ModelConfig:
             (e.g. [1, 1] for a small stride-8 hybrid: skips at strides 2 and 4). `img_size` null
             takes `data.input_size` (pretrained embeddings are resampled to it at load time).
             `in_chans`: 3 repeats the 1-channel slices to 3 (TransUNet, and what RGB-pretrained
-            weights need), 1 builds the first convolution for one channel; null takes 3. The
-            pretrained checkpoint's classifier is dropped; the decoder always starts from scratch.
+            weights need), 1 builds the first convolution for one channel; null takes 3, or C
+            with C > 1 `data.channels` (then it must be C). The pretrained checkpoint's
+            classifier is dropped; the decoder always starts from scratch.
         num_classes: segmentation classes, label values 0..num_classes-1, background (0)
-            included (Synapse: 9).
+            included (Synapse: 9); null takes the count of ``labels`` in ``data.root/dataset.json``.
         n_skip: decoder stages that concatenate a CNN skip map, from the deepest: 3 = TransUNet,
             0 = R50-ViT-CUP; a plain ViT has no skip maps and needs 0.
         decoder_channels: output channels of the upsampler stages; one stage per factor 2 of the
@@ -60,13 +64,14 @@ class ModelConfig:
     """
 
     backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig(preset="vit_base_r50_s16", in_chans=3))
-    num_classes: int = 9
+    num_classes: int | None = 9
     n_skip: int = 3
     decoder_channels: list[int] = field(default_factory=lambda: [256, 128, 64, 16])
     head_channels: int = 512
 
     def __post_init__(self) -> None:
-        _check(self.num_classes >= 2, f"num_classes={self.num_classes} must be >= 2 (background + classes)")
+        _check(self.num_classes is None or self.num_classes >= 2,
+               f"num_classes={self.num_classes} must be >= 2 (background + classes), or null (from dataset.json)")
         _check(
             len(self.decoder_channels) >= 1 and min(self.decoder_channels) >= 1,
             f"decoder_channels={self.decoder_channels} must be >= 1 positive channel counts",
@@ -77,8 +82,9 @@ class ModelConfig:
             "works at the input resolution, where no skip map exists)",
         )
         _check(self.head_channels >= 1, f"head_channels={self.head_channels} must be >= 1")
-        _check(self.backbone.in_chans in (None, 1, 3),
-               f"backbone.in_chans={self.backbone.in_chans} must be 1 or 3 (or null for 3)")
+        _check(self.backbone.in_chans is None or self.backbone.in_chans >= 1,
+               f"backbone.in_chans={self.backbone.in_chans} must be >= 1 (1 or 3 for one channel, C for "
+               "C data.channels) or null")
         _check(
             self.backbone.pretrained is None or self.backbone.in_chans != 1,
             "backbone.in_chans=1 with backbone.pretrained: ImageNet checkpoints take RGB; keep in_chans=3 "
@@ -93,7 +99,8 @@ class DataConfig:
     Args:
         format: ``"synapse"`` (TransUNet's files: ``train_npz/caseXXXX_sliceNNN.npz`` slices and
             ``test_vol_h5/caseXXXX.npy.h5`` volumes (Z, H, W), listed in ``train.txt`` /
-            ``test_vol.txt``) or ``"nifti"`` (``root/imagesTr/*.nii.gz`` + ``root/labelsTr/``).
+            ``test_vol.txt``) or ``"nifti"`` (the MSD / nnU-Net layout: ``root/imagesTr/`` +
+            ``root/labelsTr/``, optional ``root/dataset.json``; see `vit_segmentation.data`).
         root: the data folder.
         list_dir: Synapse only: the folder of the list files; None means ``root/lists``.
         train_list, test_list: Synapse only: list file names (slice names / case names).
@@ -106,13 +113,34 @@ class DataConfig:
             config (so `evaluate` keeps them when the folder grows) and training lists both sides
             in ``split.json`` in the run folder. 0 holds out nothing.
         class_names: names of the foreground classes 1..model.num_classes-1 (metric columns); None reads
-            ``root/classes.txt`` (one name a line) when present, else "class_1", "class_2", ...
+            the ``labels`` of ``root/dataset.json`` or ``root/classes.txt`` (one name a line) when
+            present, else "class_1", "class_2", ...
         input_size: (height, width) the slices are resized to for the model (training and
             inference); sides must be divisible by the patch size. Non-square is fine.
         interpolation: image resize interpolation (labels are always resized nearest).
         modality: NIfTI only: ``"ct"`` (clip to `ct_window` in HU, scale to [0, 1]) or ``"mr"``
-            (clip to the `mr_percentiles` of the volume, scale to [0, 1]).
-        axis: NIfTI only: the array axis to slice along (2 = axial for RAS-like volumes).
+            (clip to the `mr_percentiles` of the volume, scale to [0, 1]); the normalisation of
+            every channel unless `normalization` says otherwise.
+        axis: NIfTI only: the axis to slice along, of the array after `orientation`: with RAS
+            (or LPS) 0 = sagittal (x), 1 = coronal (y), 2 = axial (z); with ``orientation: none``
+            the stored array's axis.
+        orientation: NIfTI only: the axis codes every volume is reoriented to on load (nibabel:
+            axes permuted and flipped, no interpolation; an oblique affine goes to its closest
+            axes), e.g. ``RAS`` (axes run towards Right, Anterior, Superior) or ``LPS``; ``none``
+            keeps each file's stored voxel order. Predictions are written back in each input's
+            own orientation, grid and header.
+        target_spacing: NIfTI only: resample every volume to this voxel size in mm, along the
+            reoriented axes 0, 1, 2 (for RAS and axis 2: [in-plane x, in-plane y, through-plane
+            z]); one number for isotropic. Images linear, labels nearest; predictions go back to
+            each input's grid and metrics are computed there, at its own spacing. null keeps
+            every volume's native grid.
+        channels: NIfTI only: the input channel (modality) names in file order, ``<case>_0000``,
+            ``<case>_0001``, ... (or the 4th dimension of one MSD file); null reads
+            ``channel_names`` / ``modality`` of ``root/dataset.json``, else one channel.
+            `model.backbone.in_chans` follows their count.
+        normalization: NIfTI only: the intensity normalisation of each channel, in order:
+            ``ct`` (`ct_window`), ``mr`` (`mr_percentiles`) or ``zscore`` (mean / std of the
+            nonzero voxels); one entry applies to all; null uses `modality` for every channel.
         ct_window: NIfTI CT: (low, high) HU window (TransUNet: [-125, 275]).
         mr_percentiles: NIfTI MR: (low, high) intensity percentiles.
         skip_empty_slices: NIfTI only: train on slices with some foreground only.
@@ -135,6 +163,10 @@ class DataConfig:
     interpolation: Interpolation = "bicubic"
     modality: Modality = "ct"
     axis: int = 2
+    orientation: str = "RAS"
+    target_spacing: list[float] | None = None
+    channels: list[str] | None = None
+    normalization: list[Normalization] | None = None
     ct_window: tuple[float, float] = (-125.0, 275.0)
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     skip_empty_slices: bool = False
@@ -147,6 +179,25 @@ class DataConfig:
             f"input_size={list(self.input_size)} must be [height, width] in pixels",
         )
         _check(self.axis in (0, 1, 2), f"axis={self.axis} must be 0, 1 or 2")
+        code = str(self.orientation).upper()
+        _check(
+            code == "NONE" or (len(code) == 3 and all(c in _AXIS_OF_LETTER for c in code)
+                               and len({_AXIS_OF_LETTER[c] for c in code}) == 3),
+            f"orientation={self.orientation!r} must be three letters naming each axis once (one of L/R, P/A, "
+            "I/S, e.g. RAS or LPS) or 'none'",
+        )
+        _check(
+            self.target_spacing is None or (len(self.target_spacing) in (1, 3) and min(self.target_spacing) > 0),
+            f"target_spacing={self.target_spacing} must be one or three positive numbers in mm (or null)",
+        )
+        _check(self.channels is None or len(self.channels) >= 1, "channels=[] must name at least one channel (or null)")
+        if self.normalization is not None:
+            count = len(self.channels) if self.channels else None
+            _check(
+                len(self.normalization) == 1 or count is None or len(self.normalization) == count,
+                f"normalization={list(self.normalization)} must have one entry, or one per channel "
+                f"({count}: {list(self.channels or [])})",
+            )
         _check(self.ct_window[0] < self.ct_window[1], f"ct_window={list(self.ct_window)} must be [low, high]")
         _check(
             0 <= self.mr_percentiles[0] < self.mr_percentiles[1] <= 100,
@@ -279,11 +330,12 @@ class SegmentationConfig:
     def __post_init__(self) -> None:
         # Known only with both sections: the class names must fit the class count, the patch the input size.
         names, num_classes = self.data.class_names, self.model.num_classes
-        _check(
-            names is None or len(names) == num_classes - 1,
-            f"data.class_names has {len(names or [])} names but model.num_classes={num_classes} needs "
-            f"{num_classes - 1} (the foreground classes 1..{num_classes - 1}, without background)",
-        )
+        if names is not None and num_classes is not None:  # null: from dataset.json, checked when resolved
+            _check(
+                len(names) == num_classes - 1,
+                f"data.class_names has {len(names)} names but model.num_classes={num_classes} needs "
+                f"{num_classes - 1} (the foreground classes 1..{num_classes - 1}, without background)",
+            )
         patch = self.model.backbone.resolved_patch_size
         height, width = self.data.input_size
         _check(

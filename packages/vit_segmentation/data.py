@@ -1,8 +1,8 @@
 """Medical segmentation data in the layouts users bring: Synapse as TransUNet distributes it, and NIfTI.
 
-Axis convention, everywhere in this package: a volume is an (S, H, W) array. S is the slicing
-axis (the 2D model sees one H×W slice at a time); for Synapse S is the axial axis Z. Spacing is
-given in mm along (S, H, W).
+Axis convention, everywhere in this package: a volume is an (S, H, W) array, or (S, C, H, W)
+with C > 1 input channels (modalities). S is the slicing axis (the 2D model sees one H×W slice,
+or C×H×W, at a time); for Synapse S is the axial axis Z. Spacing is given in mm along (S, H, W).
 
 Synapse (TransUNet's preprocessed copy, ``datasets/README.md`` of Beckschen/TransUNet)::
 
@@ -13,14 +13,28 @@ Synapse (TransUNet's preprocessed copy, ``datasets/README.md`` of Beckschen/Tran
 
 NIfTI (Medical Segmentation Decathlon / nnU-Net layout)::
 
-    root/imagesTr/<case>.nii.gz            (nnU-Net's single-channel <case>_0000.nii.gz works too)
+    root/dataset.json                      optional: class names, channel names, file ending (`read_dataset_json`)
+    root/imagesTr/<case>_0000.nii.gz ...   nnU-Net: one file per channel, _0000 .. _000{C-1};
+    root/imagesTr/<case>.nii.gz            or MSD: one file, 3D or 4D (X, Y, Z, C) for C channels
     root/labelsTr/<case>.nii.gz            same grid and affine as the image
+    root/imagesTs/                         unlabelled cases, same naming (for ``predict``)
 
-NIfTI volumes keep their stored voxel order (no reorientation, no resampling): ``axis`` picks
-the source array axis that becomes S, the other two keep their order as (H, W), and
-`write_nifti_labels` undoes exactly that, so predictions overlay the source image in any viewer.
-Intensities: CT is clipped to a HU window and scaled to [0, 1] (TransUNet: [-125, 275]); MR is
-clipped to percentiles of its nonzero voxels and scaled to [0, 1].
+A NIfTI case is read in four steps (`read_nifti_volume`), each undone in reverse order by
+`Volume.to_source` when its prediction is written (`write_nifti_labels`), so a prediction
+overlays its own input voxel for voxel, whatever that input's orientation and spacing:
+
+1. intensity normalisation per channel, on the stored voxels: CT clipped to a HU window and
+   scaled to [0, 1] (TransUNet: [-125, 275]); MR clipped to percentiles of its nonzero voxels and
+   scaled to [0, 1]; z-score: (x - mean) / std of the nonzero voxels, zeros kept at 0;
+2. reorientation (``orientation``, e.g. ``"RAS"``: array axes 0, 1, 2 then run towards Right,
+   Anterior, Superior) with nibabel's ``io_orientation`` / ``apply_orientation``: axes are only
+   permuted and flipped, never interpolated (an oblique affine goes to its closest axes);
+   ``None`` keeps the stored voxel order;
+3. ``axis`` (0, 1 or 2 of the reoriented array; 2 = axial for RAS/LPS) becomes S, the other two
+   keep their order as (H, W);
+4. resampling to ``target_spacing`` (mm along the reoriented axes 0, 1, 2, e.g. x, y, z for
+   RAS): images linear, labels nearest, the field of view kept (voxel centres at
+   ``(i + 0.5) * n_old / n_new - 0.5`` of the old grid, as ``scipy.ndimage.zoom(grid_mode=True)``).
 
 Every bad input is caught here, when the file is read, with a one-line ValueError /
 FileNotFoundError that names the file or case and what was expected; in particular a label
@@ -43,6 +57,8 @@ import h5py
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from vit_training.seeding import sample_seed
@@ -60,8 +76,15 @@ __all__ = [
     "SliceTransform",
     "SynapseSliceDataset",
     "SynapseVolumeDataset",
+    "DatasetJson",
+    "Geometry",
+    "NORMALIZATIONS",
     "Volume",
     "case_name",
+    "check_orientation",
+    "normalize_zscore",
+    "read_dataset_json",
+    "resample",
     "check_label_values",
     "check_nifti_header",
     "check_slice_header",
@@ -78,6 +101,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Modality = Literal["ct", "mr"]
+# Per-channel intensity normalisations (`data.normalization`).
+NORMALIZATIONS: tuple[str, ...] = ("ct", "mr", "zscore")
 # A transform of one training slice: (image float32 (H, W), label int64 (H, W)) -> anything.
 SliceTransform = Callable[[np.ndarray, np.ndarray], Any]
 
@@ -92,17 +117,41 @@ _NNUNET_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 @dataclass
+class Geometry:
+    """How a NIfTI `Volume`'s working grid maps back to its source file (`Volume.to_source`).
+
+    Attributes:
+        source_shape: the stored array's shape (3D, as in the file).
+        orientation: nibabel orientation transform (3, 2) from the stored axes to the reoriented
+            ones (`nibabel.orientations.ornt_transform`), or None when the stored order was kept.
+        native_shape: (S, H, W) after reorientation, before resampling.
+        native_spacing: mm along (S, H, W) before resampling.
+        native_label: int64 (S, H, W) on the native grid when the volume was resampled and had a
+            label (metrics are computed there), else None.
+    """
+
+    source_shape: tuple[int, int, int]
+    orientation: np.ndarray | None
+    native_shape: tuple[int, int, int]
+    native_spacing: tuple[float, float, float]
+    native_label: np.ndarray | None = None
+
+
+@dataclass
 class Volume:
     """One 3D case, ready for slice-by-slice inference and volume metrics.
 
     Attributes:
         case: case id, e.g. ``"case0002"``.
-        image: float32 (S, H, W), intensity-normalised (values in [0, 1] for CT and MR).
+        image: float32 (S, H, W), or (S, C, H, W) with C > 1 channels; intensity-normalised.
         label: int64 (S, H, W) with values in [0, num_classes), or None for an unlabelled case.
         spacing: voxel size in mm along (S, H, W); (1, 1, 1) when the source does not say.
-        affine: the 4×4 voxel-to-world affine of the source NIfTI (source axis order); None for Synapse h5.
-        axis: the source array axis that became S (`write_nifti_labels` moves it back); 0 for Synapse.
-        source: the file the image was read from, for messages (None when built in memory).
+        affine: the 4×4 voxel-to-world affine of the source NIfTI (stored axis order); None for Synapse h5.
+        axis: the (reoriented) array axis that became S; 0 for Synapse.
+        source: the file the image was read from (the first channel's), for messages and the
+            header of written labels (None when built in memory).
+        geometry: how to go back to the stored grid (NIfTI), or None: then S is moved back to
+            `axis` and nothing else (Synapse, or volumes built in memory).
     """
 
     case: str
@@ -112,6 +161,48 @@ class Volume:
     affine: np.ndarray | None
     axis: int
     source: Path | None = None
+    geometry: Geometry | None = None
+
+    @property
+    def channels(self) -> int:
+        """C, the number of input channels (1 for an (S, H, W) image)."""
+        return 1 if self.image.ndim == 3 else int(self.image.shape[1])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(S, H, W) of the working grid (the label / prediction shape)."""
+        return (int(self.image.shape[0]), int(self.image.shape[-2]), int(self.image.shape[-1]))
+
+    @property
+    def native_spacing(self) -> tuple[float, float, float]:
+        """mm along (S, H, W) of the grid before resampling (= `spacing` when not resampled)."""
+        return self.geometry.native_spacing if self.geometry is not None else self.spacing
+
+    @property
+    def native_label(self) -> np.ndarray | None:
+        """int64 (S, H, W) labels on the grid before resampling (= `label` when not resampled)."""
+        if self.geometry is not None and self.geometry.native_label is not None:
+            return self.geometry.native_label
+        return self.label
+
+    def to_native(self, labels: np.ndarray) -> np.ndarray:
+        """Labels (S, H, W) of the working grid resampled (nearest) onto the grid before resampling."""
+        labels = np.asarray(labels)
+        if labels.shape != self.shape:
+            raise ValueError(f"case {self.case!r}: labels shape {labels.shape} differs from the volume's {self.shape}")
+        if self.geometry is None or tuple(self.geometry.native_shape) == labels.shape:
+            return labels
+        return resample(labels, self.geometry.native_shape, order=0)
+
+    def to_source(self, labels: np.ndarray) -> np.ndarray:
+        """Labels (S, H, W) of the working grid in the stored file's voxel order and shape.
+
+        Undoes `read_nifti_volume`: resampling (nearest), the move of `axis` to S, the reorientation.
+        """
+        data = np.moveaxis(self.to_native(labels), 0, self.axis)
+        if self.geometry is not None and self.geometry.orientation is not None:
+            data = apply_orientation(data, _inverse_ornt(self.geometry.orientation))
+        return np.ascontiguousarray(data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,6 +295,22 @@ def normalize_mr(image: np.ndarray, percentiles: tuple[float, float] = DEFAULT_M
     return ((clipped - np.float32(low)) / np.float32(high - low)).astype(np.float32)
 
 
+def normalize_zscore(image: np.ndarray) -> np.ndarray:
+    """(x - mean) / std of the nonzero voxels, zero voxels kept at 0 (nnU-Net's masked z-score); float32.
+
+    For MR channels whose background is 0 (skull-stripped BraTS-style scans). An all-zero or
+    constant image maps to zeros.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    mask = image != 0
+    foreground = image[mask].astype(np.float64)
+    if foreground.size == 0 or not foreground.std() > 0:
+        return np.zeros_like(image)
+    out = ((image - np.float32(foreground.mean())) / np.float32(foreground.std())).astype(np.float32)
+    out[~mask] = 0.0
+    return out
+
+
 def _normalize(
     image: np.ndarray, modality: str, ct_window: tuple[float, float], mr_percentiles: tuple[float, float]
 ) -> np.ndarray:
@@ -211,7 +318,74 @@ def _normalize(
         return normalize_ct(image, ct_window)
     if modality == "mr":
         return normalize_mr(image, mr_percentiles)
-    raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
+    if modality == "zscore":
+        return normalize_zscore(image)
+    raise ValueError(f"modality / normalization must be one of {', '.join(NORMALIZATIONS)}, got {modality!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: orientation and resampling
+# --------------------------------------------------------------------------------------------------
+_AXIS_LETTERS = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+
+
+def check_orientation(code: str | None) -> str | None:
+    """A target orientation code, upper-cased: three letters naming each anatomical axis once
+    (one of L/R, one of P/A, one of I/S, e.g. ``"RAS"``, ``"LPS"``, ``"SAR"``); ``None`` or
+    ``"none"`` (keep the stored voxel order) gives None.
+
+    Raises:
+        ValueError: anything else, naming the value.
+    """
+    if code is None or str(code).lower() == "none":
+        return None
+    text = str(code).upper()
+    if len(text) != 3 or any(c not in _AXIS_LETTERS for c in text) or len({_AXIS_LETTERS[c] for c in text}) != 3:
+        raise ValueError(
+            f"orientation={code!r} must be three letters naming each axis once (one of L/R, P/A, I/S, "
+            "e.g. RAS or LPS) or 'none'"
+        )
+    return text
+
+
+def _inverse_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes `ornt` (output axis ornt[i, 0] goes back to axis i)."""
+    inverse = np.zeros_like(np.asarray(ornt, dtype=np.float64))
+    for axis, (target, flip) in enumerate(np.asarray(ornt)):
+        inverse[int(target)] = (axis, flip)
+    return inverse
+
+
+def _reorientation(affine: np.ndarray, code: str) -> np.ndarray:
+    """The transform (3, 2) taking the stored axes of `affine` to orientation `code` (closest axes
+    for an oblique affine)."""
+    return ornt_transform(io_orientation(affine), axcodes2ornt(tuple(code)))
+
+
+def resample(volume: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    """An array resampled onto a grid of `shape` covering the same field of view.
+
+    Voxel i of the new grid sits at ``(i + 0.5) * n_old / n_new - 0.5`` of the old one along each
+    axis (pixel-centre geometry, `scipy.ndimage.zoom` with ``grid_mode=True``), edges extended.
+
+    Args:
+        volume: (..., A, B, D) array; only the last ``len(shape)`` axes are resampled.
+        shape: the new sizes of those axes.
+        order: 1 = linear (images, float32 out), 0 = nearest (labels, dtype kept).
+    """
+    volume = np.asarray(volume)
+    lead = volume.ndim - len(shape)
+    if tuple(volume.shape[lead:]) == tuple(int(n) for n in shape):
+        return volume
+    zoom = [1.0] * lead + [int(n) / int(m) for n, m in zip(shape, volume.shape[lead:], strict=True)]
+    data = volume.astype(np.float32, copy=False) if order > 0 else volume
+    out = ndimage.zoom(data, zoom, order=order, mode="nearest", grid_mode=True, prefilter=False)
+    assert out.shape[lead:] == tuple(int(n) for n in shape), (out.shape, shape)
+    return out
+
+
+def _target_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,110 +605,195 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
     return image
 
 
-def _as_3d(data: np.ndarray, path: Path) -> np.ndarray:
+def _as_3d(data: np.ndarray, path: Path, channels: int = 1) -> np.ndarray:
+    """A NIfTI array as 3D (trailing 1s dropped), or as (X, Y, Z, C) when `channels` > 1 and the
+    file holds them as a 4th dimension (the MSD layout)."""
     while data.ndim > 3 and data.shape[-1] == 1:  # NIfTI pads unused dimensions with 1
         data = data[..., 0]
+    if data.ndim == 4 and channels > 1 and data.shape[3] == channels:
+        return data
     if data.ndim != 3:
+        expected = "a 3D volume" if channels == 1 else f"a 3D volume or (X, Y, Z, {channels}) channels"
         raise ValueError(
-            f"{path}: expected a 3D volume, got shape {data.shape} (one channel per file is supported)"
+            f"{path}: expected {expected}, got shape {data.shape} "
+            f"(data.channels names {channels} channel{'s' if channels != 1 else ''})"
         )
     return data
 
 
+def _read_voxels(nii: nib.Nifti1Image, path: Path, as_float: bool) -> np.ndarray:
+    try:
+        if as_float:
+            return np.asarray(nii.get_fdata(dtype=np.float32, caching="unchanged"))
+        return np.asanyarray(nii.dataobj)
+    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt voxel data
+        raise ValueError(f"{path}: could not read the voxel data ({_one_line(exc)})") from exc
+
+
+def _check_same_grid(path: Path, nii: nib.Nifti1Image, shape: tuple[int, ...], reference: Path,
+                     reference_nii: nib.Nifti1Image, what: str) -> None:
+    """Raise a one-line ValueError naming both files when `nii` is not on the grid of `reference_nii`."""
+    if tuple(shape[:3]) != tuple(reference_nii.shape[:3]):
+        raise ValueError(f"{path}: {what} shape {tuple(shape[:3])} differs from image {reference} "
+                         f"shape {tuple(reference_nii.shape[:3])}")
+    zooms = tuple(float(z) for z in nii.header.get_zooms()[:3])
+    reference_zooms = tuple(float(z) for z in reference_nii.header.get_zooms()[:3])
+    if not np.allclose(zooms, reference_zooms, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"{path}: {what} spacing {zooms} differs from image {reference} spacing {reference_zooms}")
+    # Tolerance: affines are stored as float32 (sform) or rebuilt from quaternions (qform).
+    if not np.allclose(nii.affine, reference_nii.affine, rtol=1e-4, atol=1e-3):
+        raise ValueError(
+            f"{path}: {what} affine differs from image {reference} affine "
+            f"({np.round(nii.affine, 4).tolist()} vs {np.round(reference_nii.affine, 4).tolist()})"
+        )
+
+
 def read_nifti_volume(
-    image_path: str | os.PathLike,
+    image_path: str | os.PathLike | Sequence[str | os.PathLike],
     label_path: str | os.PathLike | None = None,
-    modality: Modality = "ct",
+    modality: str = "ct",
     axis: int = 2,
     ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
     mr_percentiles: tuple[float, float] = DEFAULT_MR_PERCENTILES,
     num_classes: int | None = None,
     case: str | None = None,
+    *,
+    orientation: str | None = None,
+    target_spacing: Sequence[float] | float | None = None,
+    normalization: Sequence[str] | None = None,
+    channels: int = 1,
 ) -> Volume:
-    """Read one NIfTI image (and its label map) as an (S, H, W) `Volume`.
+    """Read one NIfTI case (one file per channel, or one 4D file) and its label map as a `Volume`.
+
+    The steps, in this order (see the module docstring): per-channel normalisation,
+    reorientation, `axis` to S, resampling. `Volume.geometry` records what `Volume.to_source`
+    needs to undo them.
 
     Args:
-        image_path: the image (``.nii`` or ``.nii.gz``), 3D (trailing singleton dimensions allowed).
+        image_path: the image (``.nii`` or ``.nii.gz``), 3D (trailing singleton dimensions
+            allowed); or the C channel files of the case in order (``_0000``, ``_0001``, ...); or one
+            4D file (X, Y, Z, C) when ``channels`` = C > 1 (MSD).
         label_path: its label map on the same grid, or None.
-        modality: ``"ct"``: clip HU to ``ct_window`` and scale to [0, 1]; ``"mr"``: clip to the
-            ``mr_percentiles`` of the nonzero voxels and scale to [0, 1].
-        axis: the stored array axis (0, 1 or 2) that becomes S, the slicing axis; 2 is axial for
-            the usual RAS/LPS-ordered files. The other two axes keep their order as (H, W).
+        modality: the normalisation of every channel when ``normalization`` is None:
+            ``"ct"`` (clip HU to ``ct_window``, scale to [0, 1]), ``"mr"`` (clip to the
+            ``mr_percentiles`` of the nonzero voxels, scale to [0, 1]) or ``"zscore"``.
+        axis: the array axis (0, 1 or 2) of the reoriented array that becomes S, the slicing axis;
+            2 is axial for RAS / LPS. The other two axes keep their order as (H, W).
         ct_window: (low, high) in HU.
         mr_percentiles: (low, high) percentiles in [0, 100].
         num_classes: C: label values must be whole numbers in [0, C); None checks only >= 0.
         case: the case id; default the image file name without extension (and nnU-Net's ``_0000``).
+        orientation: target axis codes (e.g. ``"RAS"``), or None / ``"none"`` to keep the stored order.
+        target_spacing: mm along the reoriented array axes 0, 1, 2 (three numbers, or one for
+            all); None keeps the native grid.
+        normalization: one normalisation per channel (``"ct"``, ``"mr"``, ``"zscore"``), or one for all.
+        channels: C, the number of input channels expected.
 
     Returns:
-        `Volume` with float32 image, int64 label (or None), spacing in mm along (S, H, W), the
-        image's affine and ``axis``. Voxel order is kept as stored (no reorientation or resampling).
+        `Volume` with float32 image (S, H, W) (C = 1) or (S, C, H, W), int64 label (S, H, W) (or
+        None), spacing in mm along (S, H, W) of the working grid, the stored affine, ``axis``
+        and `Geometry`.
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: unreadable file, not 3D, NaN/inf intensities, image and label grids that differ
-            (shape, affine or spacing: both files named), or label values that are not class indices.
+        ValueError: unreadable file, wrong dimensionality, NaN/inf intensities, channel files or
+            image and label on different grids (shape, affine or spacing: both files named), or
+            label values that are not class indices.
     """
     if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2 (the source axis to slice along), got {axis!r}")
-    if modality not in ("ct", "mr"):
-        raise ValueError(f"modality must be 'ct' or 'mr', got {modality!r}")
-    image_path = Path(image_path)
+        raise ValueError(f"axis must be 0, 1 or 2 (the array axis to slice along), got {axis!r}")
+    code = check_orientation(orientation)
+    channels = int(channels)
+    paths = ([Path(image_path)] if isinstance(image_path, (str, os.PathLike))
+             else [Path(path) for path in image_path])
+    if not paths:
+        raise ValueError("read_nifti_volume needs at least one image file")
+    if len(paths) not in (1, channels):
+        raise ValueError(f"{paths[0]}: {len(paths)} channel files given, but {channels} channels expected")
+    kinds = list(normalization) if normalization else [modality]
+    if len(kinds) == 1:
+        kinds = kinds * channels
+    if len(kinds) != channels:
+        raise ValueError(f"normalization names {len(kinds)} channels, but the case has {channels}")
+    for kind in kinds:
+        if kind not in NORMALIZATIONS:
+            raise ValueError(f"modality / normalization must be one of {', '.join(NORMALIZATIONS)}, got {kind!r}")
+    if target_spacing is not None:
+        target = [float(t) for t in (target_spacing if isinstance(target_spacing, Sequence) else [target_spacing])]
+        target = target * 3 if len(target) == 1 else target
+        if len(target) != 3 or min(target) <= 0:
+            raise ValueError(f"target_spacing={list(target)} must be one or three positive numbers (mm)")
+
+    image_path = paths[0]
     image_nii = _load_nifti(image_path)
-    try:
-        raw = np.asarray(image_nii.get_fdata(dtype=np.float32, caching="unchanged"))
-    except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt voxel data
-        raise ValueError(f"{image_path}: could not read the voxel data ({_one_line(exc)})") from exc
-    raw = _as_3d(raw, image_path)
-    _check_image(raw, str(image_path))
+    raw = _as_3d(_read_voxels(image_nii, image_path, as_float=True), image_path, channels if len(paths) == 1 else 1)
+    stacked = [raw] if raw.ndim == 3 else [raw[..., c] for c in range(raw.shape[3])]
+    if len(paths) == 1 and len(stacked) != channels:
+        raise ValueError(f"{image_path}: expected {channels} channels (one 4D file or {channels} files "
+                         f"<case>_0000 ... _{channels - 1:04d}), got shape {raw.shape}")
+    for path in paths[1:]:
+        nii = _load_nifti(path)
+        data = _as_3d(_read_voxels(nii, path, as_float=True), path)
+        _check_same_grid(path, nii, data.shape, image_path, image_nii, "channel")
+        stacked.append(data)
+    for path, data in zip(paths if len(paths) > 1 else paths * len(stacked), stacked, strict=True):
+        _check_image(data, str(path))
     zooms = tuple(float(z) for z in image_nii.header.get_zooms()[:3])
+    source_shape = tuple(int(n) for n in stacked[0].shape)
 
     label = None
     if label_path is not None:
         label_path = Path(label_path)
         label_nii = _load_nifti(label_path)
-        try:
-            label_raw = np.asanyarray(label_nii.dataobj)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise ValueError(f"{label_path}: could not read the voxel data ({_one_line(exc)})") from exc
-        label_raw = _as_3d(label_raw, label_path)
-        if label_raw.shape != raw.shape:
-            raise ValueError(
-                f"{label_path}: label shape {label_raw.shape} differs from image {image_path} "
-                f"shape {raw.shape}"
-            )
-        label_zooms = tuple(float(z) for z in label_nii.header.get_zooms()[:3])
-        if not np.allclose(label_zooms, zooms, rtol=1e-4, atol=1e-5):
-            raise ValueError(
-                f"{label_path}: label spacing {label_zooms} differs from image {image_path} spacing {zooms}"
-            )
-        # Tolerance: affines are stored as float32 (sform) or rebuilt from quaternions (qform).
-        if not np.allclose(label_nii.affine, image_nii.affine, rtol=1e-4, atol=1e-3):
-            raise ValueError(
-                f"{label_path}: label affine differs from image {image_path} affine "
-                f"({np.round(label_nii.affine, 4).tolist()} vs {np.round(image_nii.affine, 4).tolist()})"
-            )
+        label_raw = _as_3d(_read_voxels(label_nii, label_path, as_float=False), label_path)
+        _check_same_grid(label_path, label_nii, label_raw.shape, image_path, image_nii, "label")
         label = check_label_values(label_raw, num_classes, str(label_path))
-        label = np.ascontiguousarray(np.moveaxis(label, axis, 0))
 
-    image = np.ascontiguousarray(np.moveaxis(_normalize(raw, modality, ct_window, mr_percentiles), axis, 0))
+    images = [_normalize(data, kind, ct_window, mr_percentiles) for data, kind in zip(stacked, kinds, strict=True)]
+    ornt = None
+    if code is not None:
+        ornt = _reorientation(image_nii.affine, code)
+        images = [apply_orientation(image, ornt) for image in images]
+        label = apply_orientation(label, ornt) if label is not None else None
+        reordered = [0.0, 0.0, 0.0]
+        for source_axis, (target_axis, _flip) in enumerate(ornt):
+            reordered[int(target_axis)] = zooms[source_axis]
+        zooms = tuple(reordered)
     others = [a for a in range(3) if a != axis]
-    spacing = (zooms[axis], zooms[others[0]], zooms[others[1]])
+    order = [axis, *others]
+    spacing = tuple(zooms[a] for a in order)
+    image = np.stack([np.moveaxis(image, axis, 0) for image in images], axis=1)  # (S, C, H, W)
+    label = np.moveaxis(label, axis, 0) if label is not None else None
+    native_shape = (int(image.shape[0]), int(image.shape[2]), int(image.shape[3]))
+    native_spacing, native_label = spacing, None
+    if target_spacing is not None:
+        shape = _target_shape(native_shape, spacing, [target[a] for a in order])
+        if shape != native_shape:
+            image = resample(image.transpose(1, 0, 2, 3), shape, order=1).transpose(1, 0, 2, 3)
+            native_label = label
+            label = resample(label, shape, order=0) if label is not None else None
+            spacing = tuple(s * n / m for s, n, m in zip(spacing, native_shape, shape, strict=True))
+    image = image[:, 0] if channels == 1 else image
     return Volume(
         case=case if case is not None else case_name(image_path),
-        image=image,
-        label=label,
-        spacing=spacing,
+        image=np.ascontiguousarray(image, dtype=np.float32),
+        label=None if label is None else np.ascontiguousarray(label),
+        spacing=tuple(float(s) for s in spacing),
         affine=np.asarray(image_nii.affine, dtype=np.float64),
         axis=axis,
         source=image_path,
+        geometry=Geometry(source_shape=source_shape, orientation=ornt, native_shape=native_shape,
+                          native_spacing=tuple(float(s) for s in native_spacing),
+                          native_label=None if native_label is None else np.ascontiguousarray(native_label)),
     )
 
 
 def write_nifti_labels(path: str | os.PathLike, labels: np.ndarray, volume: Volume) -> None:
     """Write an (S, H, W) label map as NIfTI on the grid of ``volume``'s source image.
 
-    The S axis is moved back to ``volume.axis`` and the source affine reused, so the file
-    overlays the source image voxel for voxel. When ``volume.source`` is a NIfTI file, the
+    `Volume.to_source` undoes what reading did (resampling back with nearest neighbours, S moved
+    back to ``volume.axis``, the reorientation inverted) and the source affine is reused, so the
+    file overlays the source image voxel for voxel. When ``volume.source`` is a NIfTI file, the
     output header is built from its header (`nifti_label_header`): qform/sform matrices and
     codes, intent, description, units and pixdim are kept, so a viewer puts the labels in the
     same space (e.g. MNI, code 4) as the input. A volume without an affine (Synapse h5) gets a
@@ -542,20 +801,25 @@ def write_nifti_labels(path: str | os.PathLike, labels: np.ndarray, volume: Volu
 
     Args:
         path: the output file (``.nii.gz`` or ``.nii``); its folder is created.
-        labels: integer (S, H, W), the shape of ``volume.image``.
+        labels: integer (S, H, W), the working grid of ``volume`` (`Volume.shape`).
         volume: the `Volume` the labels belong to.
     """
     labels = np.asarray(labels)
-    if labels.shape != volume.image.shape:
+    if labels.shape != volume.shape:
         raise ValueError(
             f"{path}: labels shape {labels.shape} differs from case {volume.case!r} "
-            f"image shape {volume.image.shape}"
+            f"image shape {volume.shape}"
         )
-    labels = check_label_values(labels, None, f"{path} (case {volume.case!r})")
+    write_source_labels(path, volume.to_source(labels), volume)
+
+
+def write_source_labels(path: str | os.PathLike, labels: np.ndarray, volume: Volume) -> None:
+    """Write labels already in the stored voxel order of ``volume``'s source (`Volume.to_source`)."""
+    labels = check_label_values(np.asarray(labels), None, f"{path} (case {volume.case!r})")
     if labels.size and labels.max() > np.iinfo(np.int16).max:
         raise ValueError(f"{path}: label values above {np.iinfo(np.int16).max} are not supported")
     dtype = np.uint8 if labels.size == 0 or labels.max() < 256 else np.int16
-    data = np.moveaxis(labels.astype(dtype), 0, volume.axis)
+    data = labels.astype(dtype)
     if volume.affine is not None:
         affine = np.asarray(volume.affine, dtype=np.float64)
     else:
@@ -612,86 +876,225 @@ def nifti_label_header(
     return type(image), header
 
 
+CaseImages = Path | tuple[Path, ...]  # one file (3D, or 4D with the channels) or one file per channel
+
+
 def find_nifti_cases(
-    root: str | os.PathLike, images_dir: str = "imagesTr", labels_dir: str = "labelsTr"
-) -> list[tuple[str, Path, Path | None]]:
-    """The (case, image, label) triples of an MSD / nnU-Net style folder, sorted by case.
+    root: str | os.PathLike, images_dir: str = "imagesTr", labels_dir: str | None = "labelsTr", channels: int = 1,
+    file_ending: str | None = None,
+) -> list[tuple[str, CaseImages, Path | None]]:
+    """The (case, image(s), label) triples of an MSD / nnU-Net style folder, sorted by case.
 
     ``root/imagesTr/<case>.nii.gz`` pairs with ``root/labelsTr/<case>.nii.gz``; nnU-Net's
-    ``<case>_0000.nii.gz`` pairs with ``<case>.nii.gz``. Hidden files (the ``._*`` AppleDouble
-    files inside the MSD tarballs) are skipped. Without a ``labelsTr`` folder every label is None.
+    ``<case>_0000.nii.gz`` pairs with ``<case>.nii.gz``. With ``channels`` = C > 1 a case is
+    either its C files ``<case>_0000`` ... ``<case>_{C-1:04d}`` (a tuple of paths) or one MSD 4D file
+    ``<case>.nii.gz`` (checked when read). Hidden files (the ``._*`` AppleDouble files inside the
+    MSD tarballs) are skipped. Without a ``labelsTr`` folder every label is None.
+
+    Args:
+        root: the data set folder.
+        images_dir, labels_dir: the image and label folder names under `root` (labels_dir None: no labels).
+        channels: C, the input channels of every case.
+        file_ending: dataset.json's ``file_ending`` (e.g. ``".nii.gz"``); None accepts .nii.gz and .nii.
 
     Raises:
         FileNotFoundError: ``root/imagesTr`` is missing.
-        ValueError: no images; a labels folder exists but lacks a case's label; more than one
-            channel per case (nnU-Net ``_0001`` files: one channel per case is supported).
+        ValueError: no images; a labels folder exists but lacks a case's label; a channel file
+            missing (naming the case and the file); more channel files than ``channels``.
     """
     root = Path(root)
     image_folder = root / images_dir
-    label_folder = root / labels_dir
+    label_folder = root / labels_dir if labels_dir is not None else None
     if not image_folder.is_dir():
         raise FileNotFoundError(
             f"{image_folder}: images folder not found (expected {images_dir}/*.nii.gz under {root})"
         )
-    has_labels = label_folder.is_dir()
-    cases: dict[str, tuple[Path, Path | None]] = {}
+    suffixes = (file_ending,) if file_ending else NIFTI_SUFFIXES
+    has_labels = label_folder is not None and label_folder.is_dir()
+    files: dict[str, dict[int, Path]] = {}  # case -> {channel (-1: no suffix): path}
     for image_path in sorted(image_folder.iterdir()):
-        stem = _strip_nifti_suffix(image_path.name)
+        stem = next((image_path.name[: -len(x)] for x in suffixes if image_path.name.endswith(x)), None)
         if stem is None or image_path.name.startswith(".") or not image_path.is_file():
             continue
-        case = case_name(image_path)
         match = _NNUNET_CHANNEL.match(stem)
-        if (
-            match
-            and match.group("channel") != "0000"
-            and (image_folder / f"{match.group('case')}_0000.nii.gz").exists()
-        ):
-            raise ValueError(f"{image_path}: extra input channel; one channel per case is supported")
-        if case in cases:
+        case, channel = (match.group("case"), int(match.group("channel"))) if match else (stem, -1)
+        entry = files.setdefault(case, {})
+        if channel in entry:
             raise ValueError(f"{image_path}: case {case!r} appears twice in {image_folder}")
+        entry[channel] = image_path
+    cases: dict[str, tuple[CaseImages, Path | None]] = {}
+    ending = file_ending or ".nii.gz"
+    for case, entry in files.items():
+        if -1 in entry and len(entry) > 1:
+            raise ValueError(f"{entry[-1]}: case {case!r} has both this file and channel files {entry[min(entry)].name}")
+        numbered = sorted(c for c in entry if c >= 0)
+        if numbered and numbered[-1] >= channels:
+            what = "one channel per case" if channels == 1 else f"{channels} channels (data.channels)"
+            raise ValueError(f"{entry[numbered[-1]]}: extra input channel; the data set is read with {what}")
+        if -1 in entry:
+            images: CaseImages = entry[-1]
+        elif channels == 1:
+            images = entry[0] if 0 in entry else entry[numbered[0]]
+        else:
+            missing = [c for c in range(channels) if c not in entry]
+            if missing:
+                raise ValueError(f"case {case!r}: channel file {image_folder / f'{case}_{missing[0]:04d}{ending}'} "
+                                 f"not found ({channels} channels, _0000 ... _{channels - 1:04d}, expected)")
+            images = tuple(entry[c] for c in range(channels))
         label_path = None
         if has_labels:
-            candidates = [
-                label_folder / f"{name}{suffix}"
-                for name in dict.fromkeys((stem, case))
-                for suffix in NIFTI_SUFFIXES
-            ]
+            first = images if isinstance(images, Path) else images[0]
+            stem = next(first.name[: -len(x)] for x in suffixes if first.name.endswith(x))
+            candidates = [label_folder / f"{name}{suffix}" for name in dict.fromkeys((stem, case)) for suffix in suffixes]
             label_path = next((c for c in candidates if c.is_file()), None)
             if label_path is None:
-                raise ValueError(f"{image_path}: no label for case {case!r} (expected {candidates[0]})")
-        cases[case] = (image_path, label_path)
+                raise ValueError(f"{first}: no label for case {case!r} (expected {candidates[-1].parent / (case + ending)})")
+        cases[case] = (images, label_path)
     if not cases:
-        raise ValueError(f"{image_folder}: no .nii or .nii.gz images found")
+        raise ValueError(f"{image_folder}: no {' or '.join(suffixes)} images found")
     return [(case, image, label) for case, (image, label) in sorted(cases.items())]
 
 
-def _as_case(case: Sequence[Any]) -> tuple[str, Path, Path | None]:
+# --------------------------------------------------------------------------------------------------
+# dataset.json (MSD and nnU-Net v2)
+# --------------------------------------------------------------------------------------------------
+DATASET_JSON = "dataset.json"
+
+
+@dataclass
+class DatasetJson:
+    """What a ``dataset.json`` says about a data set.
+
+    Attributes:
+        path: the file.
+        class_names: the names of classes 0..C-1, background first (index = label value).
+        channels: the input channel names in order (``"0"``, ``"1"``, ... keys).
+        file_ending: e.g. ``".nii.gz"`` (nnU-Net v2's ``file_ending``; MSD: ``".nii.gz"``).
+        num_training: ``numTraining`` when given.
+    """
+
+    path: Path
+    class_names: list[str]
+    channels: list[str]
+    file_ending: str = ".nii.gz"
+    num_training: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _ordered_channels(mapping: Any, path: Path, field_name: str) -> list[str]:
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError(f'{path}: "{field_name}" must map channel numbers to names, e.g. {{"0": "T2"}}; '
+                         f"got {mapping!r}")
+    try:
+        keys = sorted(mapping, key=int)
+    except (TypeError, ValueError):
+        raise ValueError(f'{path}: "{field_name}" keys must be channel numbers "0", "1", ...; '
+                         f"got {sorted(map(str, mapping))}") from None
+    if [int(k) for k in keys] != list(range(len(keys))):
+        raise ValueError(f'{path}: "{field_name}" keys must be 0..{len(keys) - 1}, got {keys}')
+    return [str(mapping[k]) for k in keys]
+
+
+def read_dataset_json(path: str | os.PathLike) -> DatasetJson:
+    """Parse a ``dataset.json`` in either form.
+
+    MSD: ``"labels": {"0": "background", "1": "tumour"}``, ``"modality": {"0": "MRI"}``,
+    ``"training": [{"image": ..., "label": ...}]``, ``"numTraining"``. nnU-Net v2: ``"labels":
+    {"background": 0, "tumour": 1}``, ``"channel_names": {"0": "T2"}``, ``"file_ending":
+    ".nii.gz"``, ``"numTraining"``. Label values must be 0..C-1 (0 = background); nnU-Net's region
+    labels (lists of values) are not supported.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file and the field: not JSON, a field missing or malformed.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: dataset.json not found")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({_one_line(exc)})") from exc
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: the top level must be an object, got {type(document).__name__}")
+    labels = document.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f'{path}: "labels" must be an object of class names and values, '
+                         f'e.g. {{"background": 0, "tumour": 1}}; got {labels!r}')
+    by_value: dict[int, str] = {}
+    for key, value in labels.items():
+        # MSD: {"0": "background"}; nnU-Net v2: {"background": 0}.
+        if isinstance(value, bool) or isinstance(value, (list, dict)):
+            raise ValueError(f'{path}: "labels" entry {key!r}: {value!r} is not a class value '
+                             "(region labels are not supported)")
+        if isinstance(value, int):
+            number, name = value, str(key)
+        else:
+            try:
+                number, name = int(key), str(value)
+            except ValueError:
+                raise ValueError(f'{path}: "labels" entry {key!r}: {value!r}: expected "name": value '
+                                 '(nnU-Net v2) or "value": "name" (MSD)') from None
+        if number in by_value:
+            raise ValueError(f'{path}: "labels" gives the value {number} twice')
+        by_value[number] = name
+    if sorted(by_value) != list(range(len(by_value))) or len(by_value) < 2:
+        raise ValueError(f'{path}: "labels" values must be 0..C-1 with C >= 2 (0 = background), got {sorted(by_value)}')
+    if "channel_names" in document:
+        channels = _ordered_channels(document["channel_names"], path, "channel_names")
+    elif "modality" in document:
+        channels = _ordered_channels(document["modality"], path, "modality")
+    else:
+        raise ValueError(f'{path}: missing "channel_names" (nnU-Net v2) or "modality" (MSD), '
+                         'e.g. {"0": "CT"}')
+    ending = document.get("file_ending", ".nii.gz")
+    if ending not in NIFTI_SUFFIXES:
+        raise ValueError(f'{path}: "file_ending" must be one of {", ".join(NIFTI_SUFFIXES)}, got {ending!r}')
+    num_training = document.get("numTraining")
+    if num_training is not None and (isinstance(num_training, bool) or not isinstance(num_training, int)
+                                     or num_training < 0):
+        raise ValueError(f'{path}: "numTraining" must be a whole number >= 0, got {num_training!r}')
+    return DatasetJson(path=path, class_names=[by_value[i] for i in range(len(by_value))], channels=channels,
+                       file_ending=ending, num_training=num_training)
+
+
+def _as_case(case: Sequence[Any]) -> tuple[str, CaseImages, Path | None]:
     if len(case) != 3:
         raise ValueError(f"a case must be (case, image_path, label_path), got {case!r}")
     name, image, label = case
-    return str(name), Path(image), None if label is None else Path(label)
+    images = Path(image) if isinstance(image, (str, os.PathLike)) else tuple(Path(p) for p in image)
+    return str(name), images, None if label is None else Path(label)
 
 
 class NiftiVolumeDataset(Dataset):
     """NIfTI cases as `Volume` objects, read one per item (see `read_nifti_volume`).
 
     Args:
-        cases: (case, image_path, label_path or None) triples, e.g. from `find_nifti_cases`.
+        cases: (case, image path(s), label_path or None) triples, e.g. from `find_nifti_cases`.
         num_classes: C, background included; labels are checked against it.
-        modality: ``"ct"`` or ``"mr"`` intensity normalisation.
-        axis: the source axis that becomes S.
+        modality: ``"ct"``, ``"mr"`` or ``"zscore"`` intensity normalisation (of every channel
+            unless ``normalization`` is given in `read_options`).
+        axis: the (reoriented) axis that becomes S.
         ct_window: HU window for CT.
         mr_percentiles: percentile window for MR.
+        **read_options: `read_nifti_volume`'s keyword-only options (orientation, target_spacing,
+            normalization, channels).
     """
 
     def __init__(
         self,
-        cases: Sequence[tuple[str, str | Path, str | Path | None]],
+        cases: Sequence[tuple[str, Any, str | Path | None]],
         num_classes: int,
-        modality: Modality = "ct",
+        modality: str = "ct",
         axis: int = 2,
         ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
         mr_percentiles: tuple[float, float] = DEFAULT_MR_PERCENTILES,
+        **read_options: Any,
     ) -> None:
         self.cases = [_as_case(case) for case in cases]
         if not self.cases:
@@ -702,6 +1105,7 @@ class NiftiVolumeDataset(Dataset):
         self.axis = axis
         self.ct_window = ct_window
         self.mr_percentiles = mr_percentiles
+        self.read_options = read_options
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -717,38 +1121,42 @@ class NiftiVolumeDataset(Dataset):
             mr_percentiles=self.mr_percentiles,
             num_classes=self.num_classes,
             case=case,
+            **self.read_options,
         )
 
 
 class NiftiSliceDataset(Dataset):
     """Training slices of labelled NIfTI cases, all volumes held in memory after one read.
 
-    Items are ``(image float32 (H, W), label int64 (H, W))`` like `SynapseSliceDataset` (or
-    ``transform(image, label)``); ``names[i]`` is ``"<case>_sliceNNN"``. Every case must be
-    labelled and all slices of one case share (H, W); cases may differ in size (batch with a
-    resizing transform). For sets too large for memory, write them as Synapse npz slices.
+    Items are ``(image float32 (H, W) or (C, H, W), label int64 (H, W))`` like
+    `SynapseSliceDataset` (or ``transform(image, label)``); ``names[i]`` is ``"<case>_sliceNNN"``.
+    Every case must be labelled and all slices of one case share (H, W); cases may differ in size
+    (batch with a resizing transform). For sets too large for memory, write them as Synapse npz slices.
 
     Args:
-        cases: (case, image_path, label_path) triples, e.g. from `find_nifti_cases`.
+        cases: (case, image path(s), label_path) triples, e.g. from `find_nifti_cases`.
         num_classes: C, background included; labels are checked against it.
-        modality: ``"ct"`` or ``"mr"`` intensity normalisation.
-        axis: the source axis that becomes S.
+        modality: ``"ct"``, ``"mr"`` or ``"zscore"`` intensity normalisation.
+        axis: the (reoriented) axis that becomes S.
         ct_window: HU window for CT.
         mr_percentiles: percentile window for MR.
         skip_empty: drop slices whose label is all background.
         transform: optional callable applied to each ``(image, label)`` pair.
+        **read_options: `read_nifti_volume`'s keyword-only options (orientation, target_spacing,
+            normalization, channels).
     """
 
     def __init__(
         self,
-        cases: Sequence[tuple[str, str | Path, str | Path | None]],
+        cases: Sequence[tuple[str, Any, str | Path | None]],
         num_classes: int,
-        modality: Modality = "ct",
+        modality: str = "ct",
         axis: int = 2,
         ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
         mr_percentiles: tuple[float, float] = DEFAULT_MR_PERCENTILES,
         skip_empty: bool = False,
         transform: SliceTransform | None = None,
+        **read_options: Any,
     ) -> None:
         self.num_classes = int(num_classes)
         self.transform = transform
@@ -767,8 +1175,11 @@ class NiftiSliceDataset(Dataset):
                 mr_percentiles=mr_percentiles,
                 num_classes=self.num_classes,
                 case=case,
+                **read_options,
             )
             assert volume.label is not None
+            if volume.geometry is not None:
+                volume.geometry.native_label = None  # training uses the working grid only
             keep = volume.label.reshape(volume.label.shape[0], -1).any(axis=1) if skip_empty else None
             for z in range(volume.image.shape[0]):
                 if keep is None or keep[z]:
@@ -793,7 +1204,7 @@ class NiftiSliceDataset(Dataset):
 
 # ------------------------------------------------------------------------------------ augmented slices
 class AugmentedSlices(Dataset):
-    """A slice data set with its transform: item i -> (image float32 (1, h, w), labels int64 (h, w)).
+    """A slice data set with its transform: item i -> (image float32 (C, h, w), labels int64 (h, w)).
 
     With `seed` set (training) every item reseeds the transform from (seed, epoch, i), so the same
     (epoch, i) always gives the same tensors in any process, DataLoader worker or resumed run.
@@ -898,14 +1309,33 @@ def check_slice_header(path: str | os.PathLike) -> None:
             raise ValueError(f"{path}: {key!r} has dtype {dtype}, expected numbers")
 
 
-def check_nifti_header(image_path: str | os.PathLike, label_path: str | os.PathLike | None) -> None:
-    """A NIfTI case's headers: both files read as NIfTI, 3D (trailing 1s allowed), one grid shape.
+def check_nifti_header(image_path: Any, label_path: str | os.PathLike | None, channels: int = 1) -> None:
+    """A NIfTI case's headers: every file reads as NIfTI, 3D (trailing 1s allowed; a single file may
+    be 4D with `channels` channels), one grid shape.
+
+    Args:
+        image_path: one file, or the channel files of the case.
+        label_path: the label file or None.
+        channels: C, the input channels expected.
 
     Raises:
         FileNotFoundError / ValueError: one line naming the file and what is wrong.
     """
-    image_path = Path(image_path)
-    image_shape = _as_3d_shape(_load_nifti(image_path).shape, image_path)
+    paths = [Path(image_path)] if isinstance(image_path, (str, os.PathLike)) else [Path(p) for p in image_path]
+    image_path = paths[0]
+    shape = _load_nifti(image_path).shape
+    if len(paths) == 1 and channels > 1:
+        while len(shape) > 4 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) != 4 or shape[3] != channels:
+            raise ValueError(f"{image_path}: expected a 4D volume (X, Y, Z, {channels}) of {channels} channels "
+                             f"(or {channels} files _0000 ...), got shape {shape}")
+        shape = shape[:3]
+    image_shape = _as_3d_shape(shape, image_path)
+    for path in paths[1:]:
+        other = _as_3d_shape(_load_nifti(path).shape, path)
+        if other != image_shape:
+            raise ValueError(f"{path}: channel shape {other} differs from {image_path} shape {image_shape}")
     if label_path is not None:
         label_path = Path(label_path)
         label_shape = _as_3d_shape(_load_nifti(label_path).shape, label_path)

@@ -1,11 +1,15 @@
 """Segmenting NIfTI volumes and PNG/JPEG slices with trained weights: the ``predict`` command.
 
-A NIfTI file (.nii, .nii.gz) is normalised as ``data.modality`` says (CT window or MR
-percentiles), sliced along ``data.axis`` and written back as ``<name>_labels.nii.gz`` with the
-input's affine; a PNG/JPEG image is read as grey in [0, 1] (`vit_training.data.read_grey`) and written as
-``<name>_labels.png`` (pixel value = class index). Each input also gets ``<name>_overlay.png``.
-A bad input (missing, unreadable, not a NIfTI or image) is reported on its own line and the
-others are still segmented.
+A NIfTI case is read as training reads it (`task.nifti_read_options`: per-channel
+normalisation, reorientation to ``data.orientation``, slicing along ``data.axis``, resampling to
+``data.target_spacing``) and its labels are written as ``<case>.nii.gz``, as nnU-Net names them
+(``<case>`` is the file name without ``.nii[.gz]`` and nnU-Net's ``_0000``), back on the input's
+own grid, orientation, affine and header. An input may be a NIfTI file, a folder of them (an
+``imagesTs/`` folder: every case in it; with C > 1 ``data.channels`` a case is its files
+``<case>_0000`` ... ``<case>_{C-1:04d}``, or one 4D file), or a PNG/JPEG image, read as grey in
+[0, 1] (`vit_training.data.read_grey`) and written as ``<name>_labels.png`` (pixel value = class
+index). Each case also gets ``<name>_overlay.png``. A bad input (missing, unreadable, not a NIfTI
+or image, a channel file missing) is reported on its own line and the others are still segmented.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ from vit_training.data import IMAGE_EXTENSIONS, read_grey
 from vit_training.loop import load_weights_for_inference
 
 from .config import SegmentationConfig
-from .data import Volume, read_nifti_volume, write_nifti_labels
+from .data import _NNUNET_CHANNEL, Volume, case_name, find_nifti_cases, read_nifti_volume, write_nifti_labels
 from .model import build_transunet
-from .task import predict_volume, resolve_config
+from .task import nifti_read_options, predict_volume, resolve_config
 from .visualize import overlay_slice_indices, save_overlays
 
 __all__ = ["NIFTI_SUFFIXES", "add_predict_arguments", "input_kind", "run_predict", "segment_nifti", "segment_slice"]
@@ -56,7 +60,8 @@ def _stem(path: Path) -> str:
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``predict`` command's own arguments: the input files and ``--output``."""
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="NIfTI volumes and/or PNG/JPEG images")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="FILE",
+                        help="NIfTI volumes, folders of them (e.g. imagesTs/) and/or PNG/JPEG images")
     parser.add_argument("--output", type=Path, default=Path("predictions"),
                         help="folder for the label maps and overlays (default: predictions)")
 
@@ -72,30 +77,74 @@ def run_predict(args: argparse.Namespace, config: SegmentationConfig, weights: P
     model = model.to(device).eval()
     args.output.mkdir(parents=True, exist_ok=True)
     failures: list[tuple[str, str]] = []
+    inputs: list[Path | tuple[Path, ...]] = []
     for path in args.inputs:
         try:
-            _predict_one(model, path, config, args.output)
-        except (ValueError, OSError, EOFError) as error:
+            # The channel files of one case, all named, are one case.
+            inputs.extend(item for item in expand_inputs(path, config) if item not in inputs)
+        except (ValueError, OSError) as error:
             failures.append((str(path), str(error)))
-    return report_failures(failures, len(args.inputs))
+    total = len(inputs) + len(failures)
+    for item in inputs:
+        try:
+            _predict_one(model, item, config, args.output)
+        except (ValueError, OSError, EOFError) as error:
+            failures.append((str(item if isinstance(item, Path) else item[0]), str(error)))
+    return report_failures(failures, total)
 
 
-def segment_nifti(model: torch.nn.Module, path: Path, config: SegmentationConfig) -> tuple[np.ndarray, Volume]:
-    """Segment one NIfTI volume as ``predict`` does (under the caller's autocast).
+def _channels(config: SegmentationConfig) -> int:
+    return len(config.data.channels) if config.data.channels else 1
 
-    The file is normalised as ``data.modality`` says and sliced along ``data.axis``.
+
+def expand_inputs(path: Path, config: SegmentationConfig) -> list[Path | tuple[Path, ...]]:
+    """The cases an input names: a folder gives each NIfTI case in it; a NIfTI file ``<case>_0000``
+    with C > 1 channels gives its channel files ``<case>_0000`` ... (one 4D file stays itself);
+    anything else is itself.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: a folder without NIfTI files; a channel file missing (naming the case and file).
+    """
+    if path.is_dir():
+        return [images for _, images, _ in find_nifti_cases(path.parent, images_dir=path.name, labels_dir=None,
+                                                            channels=_channels(config))]
+    channels = _channels(config)
+    if channels == 1 or input_kind(path) != "nifti" or not path.is_file():
+        return [path]
+    stem = _stem(path)
+    match = _NNUNET_CHANNEL.match(stem)
+    if match is None:
+        return [path]  # one MSD file holding the channels as a 4th dimension
+    suffix = path.name[len(stem):]
+    files = tuple(path.with_name(f"{match.group('case')}_{c:04d}{suffix}") for c in range(channels))
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        raise ValueError(f"case {match.group('case')!r}: channel file {missing} not found "
+                         f"({channels} channels, data.channels={list(config.data.channels or [])})")
+    return [files]
+
+
+def segment_nifti(model: torch.nn.Module, path: Path | tuple[Path, ...], config: SegmentationConfig
+                  ) -> tuple[np.ndarray, Volume]:
+    """Segment one NIfTI case as ``predict`` does (under the caller's autocast).
+
+    The case is read as training reads it (`task.nifti_read_options`: normalisation per channel,
+    ``data.orientation``, ``data.axis``, ``data.target_spacing``).
+
+    Args:
+        path: the image file, or the case's channel files in order.
 
     Returns:
-        labels (S, H, W) (S = the slicing axis; `write_nifti_labels` moves it back) and the `Volume` read.
+        labels (S, H, W) on the working grid (`write_nifti_labels` / `Volume.to_source` take them
+        back to the file's grid) and the `Volume` read.
     """
-    data = config.data
-    volume = read_nifti_volume(path, None, modality=data.modality, axis=data.axis,
-                               ct_window=tuple(data.ct_window), mr_percentiles=tuple(data.mr_percentiles))
+    volume = read_nifti_volume(path, None, **nifti_read_options(config))
     return segment_slice(model, volume.image, config), volume
 
 
 def segment_slice(model: torch.nn.Module, image: np.ndarray, config: SegmentationConfig) -> np.ndarray:
-    """Segment a float (H, W) grey slice in [0, 1] (or a normalised (S, H, W) volume) at the config's input size.
+    """Segment a float (H, W) grey slice in [0, 1] (or a normalised (S, H, W) / (S, C, H, W) volume).
 
     Returns:
         labels of the input's shape, uint8 (uint16 above 256 classes).
@@ -105,22 +154,29 @@ def segment_slice(model: torch.nn.Module, image: np.ndarray, config: Segmentatio
                           **config.eval.inference_options())
 
 
-def _predict_one(model: torch.nn.Module, path: Path, config: SegmentationConfig, output: Path) -> None:
-    """Segment one NIfTI volume or image, write its label map and overlay, print one line."""
+def _predict_one(model: torch.nn.Module, item: Path | tuple[Path, ...], config: SegmentationConfig,
+                 output: Path) -> None:
+    """Segment one NIfTI case or image, write its label map and overlay, print one line."""
     from PIL import Image
 
     names = list(config.data.class_names)
+    path = item if isinstance(item, Path) else item[0]
     kind = input_kind(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    for file in [item] if isinstance(item, Path) else item:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such file")
     stem = _stem(path)
     if kind == "nifti":
-        labels, volume = segment_nifti(model, path, config)
-        target = output / f"{stem}_labels.nii.gz"
+        case = case_name(path)
+        target = output / f"{case}.nii.gz"
+        if target.resolve() in {file.resolve() for file in ([item] if isinstance(item, Path) else item)}:
+            raise ValueError(f"{path}: the prediction {target.name} would overwrite the input; choose another --output")
+        labels, volume = segment_nifti(model, item, config)
         write_nifti_labels(target, labels, volume)
         indices = overlay_slice_indices(labels, max(config.eval.overlay_slices, 1))
-        save_overlays(output / f"{stem}_overlay.png", volume.image[indices], labels[indices], names,
-                      titles=[f"{stem} slice {index}" for index in indices])
+        shown = volume.image[indices] if volume.image.ndim == 3 else volume.image[indices, 0]
+        save_overlays(output / f"{case}_overlay.png", shown, labels[indices], names,
+                      titles=[f"{case} slice {index}" for index in indices])
     else:
         image = read_grey(path)
         labels = segment_slice(model, image, config)

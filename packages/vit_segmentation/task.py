@@ -35,7 +35,9 @@ from vit_training.task import Task
 
 from .config import SegmentationConfig
 from .data import (
+    DATASET_JSON,
     AugmentedSlices,
+    DatasetJson,
     NiftiSliceDataset,
     NiftiVolumeDataset,
     SynapseSliceDataset,
@@ -44,6 +46,7 @@ from .data import (
     check_nifti_header,
     check_slice_header,
     find_nifti_cases,
+    read_dataset_json,
 )
 from .inference import (
     INFERENCE_MODES,
@@ -67,7 +70,8 @@ from .visualize import overlay_slice_indices, save_overlays
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentationTask", "default_class_names", "predict_volume", "resolve_config", "split_cases"]
+__all__ = ["SegmentationTask", "default_class_names", "nifti_read_options", "predict_volume", "resolve_config",
+           "split_cases"]
 
 CLASSES_FILE = "classes.txt"  # one foreground class name a line, written by `prepare` and by users
 OVERLAY_FILE = "overlays.png"
@@ -94,19 +98,83 @@ def _read_class_file(path: Path, num_classes: int) -> list[str]:
     return names
 
 
+def _dataset_json(config: SegmentationConfig) -> DatasetJson | None:
+    """``data.root/dataset.json`` of a NIfTI data set, parsed, or None when there is none."""
+    data = config.data
+    if data.format != "nifti" or data.root is None or not (Path(data.root) / DATASET_JSON).is_file():
+        return None
+    return read_dataset_json(Path(data.root) / DATASET_JSON)
+
+
+def _apply_dataset_json(config: SegmentationConfig) -> SegmentationConfig:
+    """`config` with what ``dataset.json`` says filled in (class count and names, channels) and
+    `model.backbone.in_chans` following the channel count; a config that contradicts it is an error."""
+    data, model = config.data, config.model
+    info = _dataset_json(config)
+    if info is not None:
+        where = f"data.root={data.root!r}: {info.path.name}"
+        if model.num_classes is not None and model.num_classes != info.num_classes:
+            raise ConfigError(f"model.num_classes={model.num_classes}, but {where} names {info.num_classes} labels "
+                              f"({', '.join(info.class_names)}); set model.num_classes={info.num_classes} or null")
+        if data.channels is not None and len(data.channels) != len(info.channels):
+            raise ConfigError(f"data.channels={list(data.channels)}, but {where} names {len(info.channels)} "
+                              f"channels ({', '.join(info.channels)}); set data.channels=null to take them")
+        model = dataclasses.replace(model, num_classes=info.num_classes)
+        data = dataclasses.replace(
+            data, class_names=list(data.class_names) if data.class_names is not None else info.class_names[1:],
+            channels=list(data.channels) if data.channels is not None else list(info.channels))
+    if model.num_classes is None:
+        raise ConfigError("model.num_classes is null but there is no dataset.json to take it from "
+                          f"(data.root={data.root!r}); set model.num_classes to the class count, background included")
+    count = len(data.channels) if data.channels else 1
+    if data.normalization is not None and len(data.normalization) not in (1, count):
+        raise ConfigError(f"data.normalization={list(data.normalization)} must have one entry or one per channel "
+                          f"({count}: {list(data.channels or [])})")
+    if count > 1:
+        in_chans = model.backbone.in_chans
+        if in_chans is None:
+            model = dataclasses.replace(model, backbone=dataclasses.replace(model.backbone, in_chans=count))
+        elif in_chans != count:
+            raise ConfigError(f"model.backbone.in_chans={in_chans}, but data.channels names {count} channels "
+                              f"({', '.join(data.channels or [])}); set in_chans={count} or null")
+    return dataclasses.replace(config, data=data, model=model)
+
+
+def nifti_read_options(config: SegmentationConfig) -> dict[str, Any]:
+    """The `data.read_nifti_volume` keyword arguments of a (resolved) config, all but the case's files."""
+    data = config.data
+    channels = len(data.channels) if data.channels else 1
+    return {"modality": data.modality, "axis": data.axis, "ct_window": tuple(data.ct_window),
+            "mr_percentiles": tuple(data.mr_percentiles), "orientation": data.orientation,
+            "target_spacing": list(data.target_spacing) if data.target_spacing is not None else None,
+            "normalization": list(data.normalization) if data.normalization is not None else None,
+            "channels": channels}
+
+
+def _case_files(config: SegmentationConfig) -> dict[str, Any]:
+    """`find_nifti_cases`' channel count and file ending for a (resolved) config."""
+    info = _dataset_json(config)
+    return {"channels": len(config.data.channels) if config.data.channels else 1,
+            "file_ending": info.file_ending if info is not None else None}
+
+
 def resolve_config(config: SegmentationConfig) -> SegmentationConfig:
     """A copy of `config` with what it leaves to the data filled in.
 
-    `data.class_names` (from ``data.root/classes.txt`` when present, else "class_1", ...),
-    `model.backbone.img_size` (`data.input_size`) and, for a NIfTI folder split by
+    From ``data.root/dataset.json`` of a NIfTI set (`data.read_dataset_json`), when present:
+    `model.num_classes`, `data.class_names`, `data.channels`; `model.backbone.in_chans` follows
+    the channel count. Then `data.class_names` (from ``data.root/classes.txt`` when present, else
+    "class_1", ...), `model.backbone.img_size` (`data.input_size`) and, for a NIfTI folder split by
     `data.val_fraction`, `data.eval_cases` (the drawn cases, `split_cases`). Saved as the run's
     config.yaml, the result rebuilds the same model, names its classes without the data (for
     `predict`) and evaluates the same cases even after cases are added to the folder.
 
     Raises:
         ValueError: ``classes.txt`` does not have num_classes - 1 (or num_classes) names; fewer
-            than two cases to split.
+            than two cases to split; a malformed ``dataset.json`` (naming the file and field).
+        ConfigError: the config contradicts ``dataset.json``.
     """
+    config = _apply_dataset_json(config)
     config = _draw_eval_cases(config)
     data, model = config.data, config.model
     names = list(data.class_names) if data.class_names is not None else None
@@ -127,7 +195,7 @@ def _draw_eval_cases(config: SegmentationConfig) -> SegmentationConfig:
     if (data.format != "nifti" or data.val_fraction <= 0 or data.eval_cases or data.eval_root is not None
             or data.root is None or not (Path(data.root) / "imagesTr").is_dir()):
         return config
-    cases = [case for case, _, _ in find_nifti_cases(data.root)]
+    cases = [case for case, _, _ in find_nifti_cases(data.root, **_case_files(config))]
     try:
         _, held_out = split_cases(cases, data.val_fraction, config.train.seed)
     except ValueError as error:
@@ -136,6 +204,11 @@ def _draw_eval_cases(config: SegmentationConfig) -> SegmentationConfig:
 
 
 # ------------------------------------------------------------------------------------------ data
+def _first_file(images: Path | tuple[Path, ...]) -> str:
+    """The file that names a case in messages: its image, or its first channel file."""
+    return str(images if isinstance(images, Path) else images[0])
+
+
 def _volume_list(volumes: list[Volume]) -> list[Volume]:
     """Evaluation collation: the volumes as they are (they differ in size; no stacking)."""
     return list(volumes)
@@ -309,7 +382,7 @@ class SegmentationTask(Task):
     def _nifti_cases(self) -> tuple[list[tuple[str, Path, Path | None]], list[tuple[str, Path, Path | None]]]:
         """(training cases, evaluation cases) of a NIfTI data set."""
         data = self.config.data
-        cases = find_nifti_cases(self._root())
+        cases = find_nifti_cases(self._root(), **_case_files(self.config))
         held_out = set(data.eval_cases)  # with data.val_fraction: the cases resolve_config drew
         unknown = held_out - {case for case, _, _ in cases}
         if unknown:
@@ -320,7 +393,7 @@ class SegmentationTask(Task):
         train = [case for case in cases if case[0] not in held_out]
         evaluation = [case for case in cases if case[0] in held_out]
         if data.eval_root is not None:
-            evaluation += find_nifti_cases(Path(data.eval_root))
+            evaluation += find_nifti_cases(Path(data.eval_root), channels=_case_files(self.config)["channels"])
         return train, evaluation
 
     def write_split(self, path: Path) -> None:
@@ -344,9 +417,7 @@ class SegmentationTask(Task):
         logger.info("%d training and %d evaluation cases (%s) listed in %s", len(train), len(evaluation), source, path)
 
     def _nifti_args(self) -> dict[str, Any]:
-        data = self.config.data
-        return {"num_classes": self.num_classes, "modality": data.modality, "axis": data.axis,
-                "ct_window": tuple(data.ct_window), "mr_percentiles": tuple(data.mr_percentiles)}
+        return {"num_classes": self.num_classes, **nifti_read_options(self.config)}
 
     def build_train_dataset(self) -> AugmentedSlices:
         """The training slices with seeded augmentation, every file checked before the first step.
@@ -371,8 +442,9 @@ class SegmentationTask(Task):
             train, _ = self._nifti_cases()
             if not train:
                 raise FileNotFoundError(f"data.root={data.root!r}: no training cases left after data.eval_cases")
-            names = [str(image) for _, image, _ in train]
-            problems = find_bad_files(names, lambda i: check_nifti_header(train[i][1], train[i][2]))
+            names = [_first_file(image) for _, image, _ in train]
+            channels = _case_files(self.config)["channels"]
+            problems = find_bad_files(names, lambda i: check_nifti_header(train[i][1], train[i][2], channels))
             skipped = self._handle(problems, len(names))
             train = [case for case, name in zip(train, names, strict=True) if name not in skipped]
             source = NiftiSliceDataset(train, skip_empty=data.skip_empty_slices, **self._nifti_args())
@@ -400,7 +472,7 @@ class SegmentationTask(Task):
             if not evaluation:
                 return None
             dataset = NiftiVolumeDataset(evaluation, **self._nifti_args())
-            names = [str(image) for _, image, _ in dataset.cases]
+            names = [_first_file(image) for _, image, _ in dataset.cases]
         problems = find_bad_files(names, lambda i: dataset[i], threads=2)
         handle_bad_samples(problems, split="evaluation", total=len(names), on_bad_sample="error", output_dir=None)
         return dataset
@@ -451,10 +523,14 @@ class SegmentationTask(Task):
         if volume.label is None:
             raise ValueError(f"case {volume.case}: the evaluation volume has no labels")
         prediction = self.predict_volume(model, volume)
+        label, spacing = volume.label, volume.spacing
+        if volume.geometry is not None and volume.geometry.native_label is not None:
+            # Resampled to data.target_spacing: the metrics belong to the grid the labels were
+            # drawn on, at its own spacing (orientation does not change Dice or HD95).
+            prediction, label, spacing = volume.to_native(prediction), volume.native_label, volume.native_spacing
         record: dict[str, Any] = {"case": volume.case}
         for mode in self._modes():
-            dice, hd95 = case_metrics(prediction, volume.label, self.num_classes, mode=mode,
-                                      spacing=volume.spacing)
+            dice, hd95 = case_metrics(prediction, label, self.num_classes, mode=mode, spacing=spacing)
             record[f"{mode}/dice"] = dice.tolist()
             record[f"{mode}/hd95"] = hd95.tolist()
         return record
@@ -523,5 +599,6 @@ class SegmentationTask(Task):
         predictions = self.predict_volume(model, images)
         truths = volume.label[indices] if volume.label is not None else None
         titles = [f"{volume.case} slice {index}" for index in indices]
-        save_overlays(Path(output_dir) / OVERLAY_FILE, images, predictions, self.class_names, truths, titles)
+        shown = images if images.ndim == 3 else images[:, 0]  # several channels: the first is drawn
+        save_overlays(Path(output_dir) / OVERLAY_FILE, shown, predictions, self.class_names, truths, titles)
 

@@ -1,8 +1,9 @@
 """Slice augmentation and resizing: the image and its label map always move together.
 
-A slice is a float32 (H, W) image (already normalised, e.g. CT clipped to [-125, 275] HU and
-scaled to [0, 1]) with an integer (H, W) label map. `SliceTransform` returns model inputs:
-image float32 (1, h, w) and labels int64 (h, w) at the training size (h, w).
+A slice is a float32 (H, W) image, or (C, H, W) with C channels (modalities), already normalised
+(e.g. CT clipped to [-125, 275] HU and scaled to [0, 1]), with an integer (H, W) label map.
+`SliceTransform` returns model inputs: image float32 (C, h, w) (C = 1 for a 2D slice) and labels
+int64 (h, w) at the training size (h, w). Every channel goes through the same geometric steps.
 
 Training (`build_train_transform`, TransUNet's `RandomGenerator` plus an optional zoom):
     with p=rot_flip_prob: rot90 by k in {0, 1, 2, 3} (optional), then a flip (of a random axis,
@@ -78,11 +79,16 @@ def _label_storage(labels: np.ndarray) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: Sequence[int], interpolation: Interpolation = "bicubic") -> np.ndarray:
-    """A float (H, W) slice resized to `size` = (h, w), float32; returned as is when already that size."""
+    """A float (H, W) slice, or (C, H, W) channels, resized to `size` = (h, w), float32; returned as
+    is when already that size."""
     height, width = _size_hw(size)
     image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 3:
+        if image.shape[1:] == (height, width):
+            return image
+        return np.stack([resize_image(channel, size, interpolation) for channel in image])
     if image.ndim != 2:
-        raise ValueError(f"expected a 2D slice (H, W), got shape {image.shape}")
+        raise ValueError(f"expected a 2D slice (H, W) or channels (C, H, W), got shape {image.shape}")
     if image.shape == (height, width):
         return image
     return cv2.resize(image, (width, height), interpolation=_cv2_interpolation(interpolation))
@@ -116,24 +122,31 @@ class SliceTransform:
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
-            image: float (H, W) normalised slice.
+            image: float (H, W) normalised slice, or (C, H, W) channels.
             labels: integer (H, W) label map, or None (inference).
 
         Returns:
-            image float32 (1, h, w) and labels int64 (h, w) (None when none was given).
+            image float32 (C, h, w) (C = 1 for a 2D slice) and labels int64 (h, w) (None when none was given).
         """
-        image = np.ascontiguousarray(image, dtype=np.float32)
-        if image.ndim != 2:
-            raise ValueError(f"expected a 2D slice (H, W), got shape {image.shape}")
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim not in (2, 3):
+            raise ValueError(f"expected a 2D slice (H, W) or channels (C, H, W), got shape {image.shape}")
+        # albumentations takes channels last: (H, W, C).
+        image = np.ascontiguousarray(image if image.ndim == 2 else image.transpose(1, 2, 0))
         if labels is None:
             out = self.pipeline(image=image)
-            return torch.from_numpy(np.ascontiguousarray(out["image"]))[None], None
-        if labels.shape != image.shape:
-            raise ValueError(f"labels {labels.shape} and image {image.shape} differ in shape")
+            return self._channels_first(out["image"]), None
+        if labels.shape != image.shape[:2]:
+            raise ValueError(f"labels {labels.shape} and image {image.shape[:2]} differ in shape")
         out = self.pipeline(image=image, mask=np.ascontiguousarray(_label_storage(labels)))
-        image_t = torch.from_numpy(np.ascontiguousarray(out["image"]))[None]
         labels_t = torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))
-        return image_t, labels_t
+        return self._channels_first(out["image"]), labels_t
+
+    @staticmethod
+    def _channels_first(image: np.ndarray) -> torch.Tensor:
+        """albumentations' (h, w) or (h, w, C) output as a (C, h, w) tensor."""
+        image = image[None] if image.ndim == 2 else image.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(image))
 
     def set_seed(self, seed: int | None) -> None:
         """Reseed the random choices (albumentations 2 draws from its own generators, not torch's)."""
