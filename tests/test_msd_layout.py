@@ -3,7 +3,8 @@
 A tiny generated folder (4 cases of 24 x 24 x 8 voxels, 2 channels ``<case>_0000`` / ``_0001``,
 ``labelsTr/<case>.nii.gz``, ``imagesTs/``, ``dataset.json``) goes through the CLI with the shipped
 ``msd_folder`` recipe: train (the split drawn by the tool, class names and channels from
-dataset.json), then ``predict`` on ``imagesTs/`` writing ``<case>.nii.gz`` on each input's grid.
+dataset.json), evaluate (saving ``predictions/<case>.nii.gz``), then ``predict`` on ``imagesTs/``
+writing ``<case>.nii.gz`` on each input's grid.
 dataset.json is parsed in both of its forms, and bad files give one line naming the file and field.
 """
 
@@ -145,6 +146,13 @@ def test_msd_folder_trains_through_the_cli_and_predicts_imagesTs(tmp_path: Path,
     assert [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
             if row.get("split") == "eval"]
     capsys.readouterr()
+
+    # evaluate can write each held-out case as nnU-Net does, on the case's own (LPS, 3 mm) grid.
+    assert run("evaluate", "--weights", str(run_dir), "eval.save_predictions=true") == 0
+    (case,) = split["eval"]
+    evaluated = nib.load(run_dir / "eval" / "predictions" / f"{case}.nii.gz")
+    assert evaluated.shape == (24, 24, 8)
+    np.testing.assert_allclose(evaluated.affine, AFFINE)
 
     out = tmp_path / "predictions"
     assert run("predict", "--weights", str(run_dir), str(data / "imagesTs"), "--output", str(out), "--cpu") == 0

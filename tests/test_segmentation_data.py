@@ -18,8 +18,10 @@ from vit_segmentation.data import (
     SynapseSliceDataset,
     SynapseVolumeDataset,
     Volume,
+    check_nifti_header,
     find_nifti_cases,
     normalize_mr,
+    normalize_zscore,
     read_nifti_volume,
     write_nifti_labels,
 )
@@ -329,6 +331,46 @@ def test_find_nifti_cases_msd_and_nnunet_layouts(tmp_path: Path) -> None:
     assert all(label is None for _, _, label in find_nifti_cases(msd))
     with pytest.raises(FileNotFoundError, match=r"imagesTs: images folder not found"):
         find_nifti_cases(msd, images_dir="imagesTs")
+
+
+def test_find_nifti_cases_one_channel_keeps_numbered_case_names(tmp_path: Path) -> None:
+    # "scan_0007" without a "scan_0000" beside it is a case of its own, not channel 7 of "scan".
+    for case in ("scan_0007", "scan_0012"):
+        _ct_case(tmp_path, case)
+    assert [case for case, _, _ in find_nifti_cases(tmp_path)] == ["scan_0007", "scan_0012"]
+    # With "scan_0000" present the numbered files are channels, and one channel is expected.
+    _ct_case(tmp_path, "scan_0000")
+    with pytest.raises(ValueError, match=r"scan_0012.nii.gz: extra input channel; the data set is read with one"):
+        find_nifti_cases(tmp_path)
+
+
+def test_find_nifti_cases_groups_channel_files_and_msd_4d_files(tmp_path: Path) -> None:
+    image_path, label_path, hu, _ = _ct_case(tmp_path, "brats_001")
+    image_path.rename(image_path.with_name("brats_001_0000.nii.gz"))
+    _save(tmp_path / "imagesTr" / "brats_001_0001.nii.gz", hu)
+    _, second_label, _, _ = _ct_case(tmp_path, "brats_002")
+    _save(tmp_path / "imagesTr" / "brats_002.nii.gz", np.stack([hu, hu], axis=3))  # MSD: one 4D file
+    (first, images, label), (second, single, _) = find_nifti_cases(tmp_path, channels=2)
+    assert first == "brats_001" and [p.name for p in images] == ["brats_001_0000.nii.gz", "brats_001_0001.nii.gz"]
+    assert label == label_path and second == "brats_002" and single.name == "brats_002.nii.gz"
+    check_nifti_header(images, label, channels=2)
+    check_nifti_header(single, second_label, channels=2)
+    with pytest.raises(ValueError, match=r"brats_002.nii.gz: expected a 4D volume \(X, Y, Z, 3\) of 3 channels"):
+        check_nifti_header(single, second_label, channels=3)
+    a = read_nifti_volume(images, label, channels=2, normalization=["ct"])
+    b = read_nifti_volume(single, second_label, channels=2, normalization=["ct"])
+    assert a.image.shape == b.image.shape == (7, 2, 10, 12)
+    np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_normalize_zscore_uses_nonzero_voxels_and_keeps_zeros() -> None:
+    image = np.zeros((4, 5, 6), np.float32)
+    image[1:3, 1:4, 2:5] = np.arange(18, dtype=np.float32).reshape(2, 3, 3) + 10
+    out = normalize_zscore(image)
+    foreground = out[image != 0]
+    assert abs(foreground.mean()) < 1e-6 and abs(foreground.std() - 1) < 1e-5
+    assert (out[image == 0] == 0).all()
+    np.testing.assert_array_equal(normalize_zscore(np.full((3, 3), 5.0)), np.zeros((3, 3)))
 
 
 def test_nifti_slice_and_volume_datasets(tmp_path: Path) -> None:

@@ -285,6 +285,9 @@ class EvalConfig:
         window_batch_size: windows per forward pass (``sliding_window`` only).
         tta_flips: test-time flips whose softmax is averaged with the unflipped pass: false (none),
             true (height, width and both), or a list such as ``[height, [height, width]]``.
+        save_predictions: NIfTI cases: also write each evaluated case's labels as
+            ``predictions/<case>.nii.gz`` in the evaluation folder (nnU-Net's naming), on the
+            case's own grid, orientation, affine and header.
     """
 
     metric_mode: MetricMode = "transunet"
@@ -295,6 +298,7 @@ class EvalConfig:
     window_overlap: float = 0.5
     window_batch_size: int = 32
     tta_flips: Any = False
+    save_predictions: bool = False
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -918,6 +918,9 @@ def find_nifti_cases(
             continue
         match = _NNUNET_CHANNEL.match(stem)
         case, channel = (match.group("case"), int(match.group("channel"))) if match else (stem, -1)
+        if (channels == 1 and channel > 0
+                and not any((image_folder / f"{case}_0000{suffix}").is_file() for suffix in suffixes)):
+            case, channel = stem, -1  # one channel: "scan_0007" without a "scan_0000" is a case of its own
         entry = files.setdefault(case, {})
         if channel in entry:
             raise ValueError(f"{image_path}: case {case!r} appears twice in {image_folder}")

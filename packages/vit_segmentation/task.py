@@ -47,6 +47,7 @@ from .data import (
     check_slice_header,
     find_nifti_cases,
     read_dataset_json,
+    write_nifti_labels,
 )
 from .inference import (
     INFERENCE_MODES,
@@ -77,6 +78,7 @@ CLASSES_FILE = "classes.txt"  # one foreground class name a line, written by `pr
 OVERLAY_FILE = "overlays.png"
 SUMMARY_FILE = "summary.txt"
 SPLIT_FILE = "split.json"  # the NIfTI training / evaluation cases of a run, written by training
+PREDICTIONS_DIR = "predictions"  # eval.save_predictions: <case>.nii.gz in the evaluation folder
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -339,6 +341,7 @@ class SegmentationTask(Task):
     """
 
     eval_batch_size: int = 1
+    _prediction_dir: Path | None = None  # set by `evaluate` under eval.save_predictions
 
     def __init__(self, config: SegmentationConfig) -> None:
         self.config = resolve_config(config)
@@ -523,6 +526,8 @@ class SegmentationTask(Task):
         if volume.label is None:
             raise ValueError(f"case {volume.case}: the evaluation volume has no labels")
         prediction = self.predict_volume(model, volume)
+        if self._prediction_dir is not None and volume.geometry is not None:
+            write_nifti_labels(self._prediction_dir / f"{volume.case}.nii.gz", prediction, volume)
         label, spacing = volume.label, volume.spacing
         if volume.geometry is not None and volume.geometry.native_label is not None:
             # Resampled to data.target_spacing: the metrics belong to the grid the labels were
@@ -548,7 +553,8 @@ class SegmentationTask(Task):
         Every process predicts its own cases; the per-case rows are gathered with
         `gather_for_metrics(..., use_gather_object=True)` after each step and de-duplicated by case,
         so every case counts once whatever the number of processes. The main process writes
-        ``per_case_<mode>.csv`` and ``summary.txt`` (the tables) to `output_dir`.
+        ``per_case_<mode>.csv`` and ``summary.txt`` (the tables) to `output_dir`; with
+        `eval.save_predictions` each process writes its NIfTI cases as ``predictions/<case>.nii.gz`` there.
 
         Returns:
             {"mean_dice", "mean_hd95", "dice/<class>", "hd95/<class>"} in `eval.metric_mode` (plus
@@ -559,6 +565,8 @@ class SegmentationTask(Task):
         # of forward passes, and a DDP forward may broadcast BatchNorm buffers (a collective) and hang.
         net = extract_model_from_parallel(model, keep_torch_compile=False)
         records: dict[str, dict[str, Any]] = {}
+        # Every process writes its own cases' predictions (distinct files).
+        self._prediction_dir = Path(output_dir) / PREDICTIONS_DIR if self.config.eval.save_predictions else None
         for batch in loader:
             local = [self.case_record(net, volume) for volume in batch]
             for record in accelerator.gather_for_metrics(local, use_gather_object=True):
