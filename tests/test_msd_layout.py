@@ -174,6 +174,12 @@ def test_msd_folder_trains_through_the_cli_and_predicts_imagesTs(tmp_path: Path,
     lines = error_lines(capsys)
     assert len(lines) == 2 and "case 'case_100': channel file" in lines[0] and "case_100_0001" in lines[0], lines
 
+    # The Python API reads a case the same way (the sibling channel found) and gives the same labels.
+    from vit_segmentation import Segmenter
+
+    result = Segmenter.from_pretrained(run_dir, device="cpu").predict(data / "imagesTr" / "case_000_0000.nii.gz")
+    np.testing.assert_array_equal(result.labels, np.asanyarray(nib.load(out / "case_000.nii.gz").dataobj))
+
 
 def test_num_classes_that_contradicts_dataset_json_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     data = tmp_path / "Task99_Tiny"

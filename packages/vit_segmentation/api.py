@@ -27,7 +27,7 @@ from vit_training.data import read_grey
 from .config import SegmentationConfig
 from .data import Volume, write_source_labels
 from .model import build_transunet
-from .predict import input_kind, segment_nifti, segment_slice
+from .predict import expand_inputs, input_kind, segment_nifti, segment_slice
 from .task import resolve_config
 
 __all__ = ["Segmentation", "Segmenter"]
@@ -104,8 +104,10 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
         """Segment one input or several.
 
         Args:
-            inputs: a NIfTI file (.nii, .nii.gz: normalised as ``data.modality`` says, sliced along
-                ``data.axis``), a PNG/JPEG file or PIL image (read as grey in [0, 1]), a numpy array
+            inputs: a NIfTI file (.nii, .nii.gz: read as training reads it: normalised per
+                channel, reoriented to ``data.orientation``, sliced along ``data.axis``, resampled
+                to ``data.target_spacing``; with several ``data.channels`` the ``<case>_0000``
+                file, its other channels beside it), a PNG/JPEG file or PIL image (read as grey in [0, 1]), a numpy array
                 or tensor (H, W) slice or (S, H, W) volume already normalised to [0, 1] (uint8 is
                 divided by 255); or a list of them.
 
@@ -129,7 +131,9 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
                 raise FileNotFoundError(f"{path}: no such file")
             with self.autocast():
                 if kind == "nifti":
-                    labels, volume = segment_nifti(self.model, path, self.config)
+                    # With several data.channels a <case>_0000 file brings its sibling channel files.
+                    (case_files,) = expand_inputs(path, self.config)
+                    labels, volume = segment_nifti(self.model, case_files, self.config)
                     return Segmentation(volume.to_source(labels), volume.affine, names, str(path), volume)
                 labels = segment_slice(self.model, read_grey(path), self.config)
             return Segmentation(labels, None, names, str(path))
