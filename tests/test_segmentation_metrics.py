@@ -117,6 +117,43 @@ def test_dice_equals_medpy_including_empty_masks() -> None:
     assert dice(empty, empty) == 1.0
 
 
+def _medpy_distances(pred: np.ndarray, gt: np.ndarray, spacing=None) -> tuple[np.ndarray, np.ndarray]:
+    """medpy's own two directed surface-distance sets (its private helper, which hd95 pools)."""
+    directed = getattr(binary, "__surface_distances")
+    return directed(pred, gt, spacing, 1), directed(gt, pred, spacing, 1)
+
+
+@pytest.mark.parametrize("gap", [3, 14, 30])
+def test_surface_distances_are_bit_equal_to_medpy_near_and_beyond_the_search_radius(gap: int) -> None:
+    # A blob and a shifted copy plus a stray lump `gap` voxels away: the lump's distances lie
+    # beyond the offset search for gap >= 14 and are found by the k-d tree fallback.
+    rng = np.random.default_rng(gap)
+    gt = np.zeros((24, 70, 30), dtype=bool)
+    gt[:, :30] = _blob(rng, (24, 30, 30))
+    pred = np.roll(gt, (1, -1, 2), axis=(0, 1, 2))
+    pred[10:13, 30 + gap:33 + gap, 12:15] = True
+    ours = surface_distances(pred, gt)
+    theirs = _medpy_distances(pred, gt)
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(np.sort(mine), np.sort(reference))
+    assert hd95(pred, gt) == binary.hd95(pred, gt)
+    labels_pred, labels_gt = pred.astype(np.uint8), gt.astype(np.int64)
+    assert case_metrics(labels_pred, labels_gt, 2)[1][0] == binary.hd95(pred, gt)
+
+
+def test_surface_distances_with_anisotropic_spacing_beyond_the_search_radius() -> None:
+    rng = np.random.default_rng(21)
+    gt = np.zeros((16, 60, 24), dtype=bool)
+    gt[:, :24] = _blob(rng, (16, 24, 24))
+    pred = gt.copy()
+    pred[4:6, 50:53, 5:8] = True  # ~26 voxels along the fine axis: past the search radius
+    spacing = (3.0, 0.6, 0.8)
+    ours = surface_distances(pred, gt, spacing)
+    theirs = _medpy_distances(pred, gt, spacing)
+    for mine, reference in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(np.sort(mine), np.sort(reference), rtol=1e-15, atol=0)
+
+
 def test_hd95_rejects_empty_masks_and_shape_mismatch() -> None:
     a = np.zeros((5, 5, 5), dtype=bool)
     b = a.copy()
