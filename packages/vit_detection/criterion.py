@@ -54,23 +54,25 @@ DEFAULT_WEIGHT_DICT: dict[str, float] = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss
 _LAYER_SUFFIX = re.compile(r"_\d+$")
 
 
-def global_num_boxes(targets: Sequence[dict], device: torch.device | str) -> float:
+def global_num_boxes(targets: Sequence[dict], device: torch.device | str) -> float | torch.Tensor:
     """The box-loss normaliser: target boxes per process, averaged over all processes, at least 1.
 
-    Sums the boxes of this process's `targets`, all-reduces the sum ONCE across processes when
-    `torch.distributed` is initialised, divides by the world size and clamps to >= 1 (a batch
-    without boxes must not divide by zero). Every rank gets the same Python float.
+    In one process, the count of this process's `targets` as a Python float (their lengths are
+    known on the host: no device work at all). When `torch.distributed` is initialised, the sum is
+    all-reduced ONCE across processes, divided by the world size and clamped to >= 1 (a batch
+    without boxes must not divide by zero), and returned as a 0-d tensor on `device`: the losses
+    divide by it on the device, with no host read (a sync) per step. Every rank gets the same value.
 
     Args:
         targets: this process's target dicts, each with "labels" (T_b,).
         device: where the all-reduce runs (the backend's device, e.g. the model's).
     """
-    count = torch.tensor([float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device)
-    world_size = 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(count)
-        world_size = torch.distributed.get_world_size()
-    return max(count.item() / world_size, 1.0)
+    local = float(sum(len(t["labels"]) for t in targets))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return max(local, 1.0)
+    count = torch.tensor([local], dtype=torch.float32, device=device)
+    torch.distributed.all_reduce(count)
+    return (count[0] / torch.distributed.get_world_size()).clamp(min=1.0)
 
 
 def denoising_indices(targets: Sequence[dict], num_groups: int, group_size: int) -> list[MatchIndices]:
@@ -176,7 +178,7 @@ class SetCriterion(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(
-        self, outputs: Mapping, targets: Sequence[dict], num_boxes: float | None = None
+        self, outputs: Mapping, targets: Sequence[dict], num_boxes: float | torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """All losses of a batch.
 
@@ -245,7 +247,7 @@ class SetCriterion(nn.Module):
         indices: list[list[MatchIndices]],
         labels: list[torch.Tensor],
         tgt_boxes: list[torch.Tensor],
-        num_boxes: float,
+        num_boxes: float | torch.Tensor,
         no_object: bool,
         valid: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:

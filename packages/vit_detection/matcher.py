@@ -14,8 +14,9 @@ term is instead the focal cost: how much the sigmoid focal loss of logit (i, lab
 query i becomes a positive of that class (`scores.focal_matching_cost`).
 
 The costs of all images (and, for the auxiliary losses, all decoder layers) are computed in
-one batched pass, each image against its own targets only, and moved to the CPU once; `scipy.optimize.linear_sum_assignment` then runs
-on each image's (Q, T_b) block.
+one batched pass, each image against its own targets only, and moved to the CPU once, together
+with the boxes they are checked on (one host-device sync per call); `scipy.optimize.linear_sum_assignment`
+then runs on each image's (Q, T_b) block.
 """
 
 from __future__ import annotations
@@ -132,9 +133,6 @@ class HungarianMatcher(nn.Module):
             return [[(empty, empty) for _ in range(batch)] for _ in range(num_layers)]
 
         image_ids = image_ids_of(targets)
-        check_boxes([t["boxes"] for t in targets], "target boxes", image_ids, allow_empty_area=False)
-        for layer in range(num_layers):
-            check_boxes(boxes[layer], "pred_boxes", image_ids, layer=layer if num_layers > 1 else None)
         # Only each image's own (Q, T_b) block is needed: targets are padded to M = max T_b per
         # image and the cost is built as (L, B, Q, M), not as DETR's (L*B*Q, sum T_b) matrix,
         # of which all but 1/B would be thrown away. Padding slots hold a harmless unit box.
@@ -165,8 +163,17 @@ class HungarianMatcher(nn.Module):
                 # linear_sum_assignment needs a feasible matrix.
                 cost = cost.masked_fill(~valid.to(device)[..., None], _EXCLUDED_COST)
 
-        # One transfer for all layers and images; scipy then works on (Q, T_b) views.
-        cost = cost.cpu()
+        # ONE transfer to the host per call (the step's one sync for matching): the costs of all
+        # layers and images, and the boxes to check, read together; checks and scipy then work on
+        # host copies. Boxes are checked before the costs so a bad box is named as such.
+        parts = (cost, boxes.detach().float(), tgt_boxes)
+        host = torch.cat([part.reshape(-1) for part in parts]).cpu()
+        cost, host_pred, host_targets = (chunk.view(part.shape) for chunk, part in
+                                         zip(host.split([part.numel() for part in parts]), parts, strict=True))
+        check_boxes([host_targets[image, : sizes[image]] for image in range(batch)], "target boxes", image_ids,
+                    allow_empty_area=False)
+        for layer in range(num_layers):
+            check_boxes(host_pred[layer], "pred_boxes", image_ids, layer=layer if num_layers > 1 else None)
         if not bool(torch.isfinite(cost).all()):
             # The boxes passed their check, so the logits hold NaN or Inf (softmax -> NaN; the focal
             # cost of an infinite logit is infinite).

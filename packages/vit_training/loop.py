@@ -290,6 +290,18 @@ def train_step(task: Task, model: nn.Module, batch: Any, accelerator: Accelerato
                       grad_norm=grad_norm, window_ok=window_ok)
 
 
+def compile_model(model: nn.Module, train: TrainConfig) -> nn.Module:
+    """`model` wrapped in `torch.compile` when `train.compile` is on (else as it is).
+
+    Shapes that change between batches (detection's padded image sizes, the last partial batch)
+    are compiled once as dynamic dimensions after the first recompile (torch's automatic dynamic
+    shapes), so a run compiles a handful of graphs, not one per shape.
+    """
+    if not train.compile:
+        return model
+    return torch.compile(model)
+
+
 def read_scalars(values: dict[str, Any]) -> dict[str, float]:
     """`values` as floats: Python numbers as they are, one-element tensors read in one host sync together."""
     tensors = {key: value for key, value in values.items() if isinstance(value, torch.Tensor)}
@@ -458,8 +470,7 @@ def fit(task: Task, config: Any, *, clock: Callable[[], float] = time.perf_count
     if len(train_loader) == 0:
         raise ValueError(f"train.batch_size={train.batch_size} is larger than the training set ({len(train_set)} samples)")
     optimizer = build_optimizer(model, config.optim, device_type=accelerator.device.type)
-    if train.compile:
-        model = torch.compile(model)
+    model = compile_model(model, train)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     eval_loader = None
     if eval_set is not None:
