@@ -91,6 +91,11 @@ class DataConfig:
             epochs skip decoding and the pipeline (`AugmentedSamples`). Only for data that fits
             in memory as float32 model inputs, and only with a deterministic training pipeline
             (no random crop, flip or colour op); the evaluation set is always deterministic.
+        fast_decode: ImageFolder training images are read through
+            `vit_classification.transforms.DraftCropTransform`: the random crop is sampled from the
+            file's header first and only what it needs is decoded (JPEG DCT-domain reduction when
+            the crop is large, OpenCV's decoder); the same crop statistics and augmentations, a
+            different random stream than the default pipeline (benchmarks/loader_throughput.py).
         on_bad_sample: what to do with an ImageFolder training image that is missing or cannot
             be read: ``"error"`` stops before the first step naming the file; ``"skip"`` leaves it
             out with a warning and lists it in ``skipped_samples.txt`` of the run folder.
@@ -114,6 +119,7 @@ class DataConfig:
     num_train_samples: int | None = None
     num_eval_samples: int | None = None
     cache_samples: bool = False
+    fast_decode: bool = False
     on_bad_sample: OnBadSample = "error"
 
     def __post_init__(self) -> None:

@@ -56,7 +56,7 @@ from vit_training.data import (
 from vit_training.seeding import sample_seed
 
 from .config import ClassificationConfig, DataConfig
-from .transforms import ImageTransform
+from .transforms import DraftCropTransform, ImageTransform
 
 __all__ = [
     "AugmentedSamples",
@@ -863,7 +863,7 @@ class AugmentedSamples(Dataset):
     def __init__(
         self,
         source: Dataset,
-        transform: ImageTransform,
+        transform: ImageTransform | DraftCropTransform,
         indices: np.ndarray | None = None,
         seed: int | None = None,
         cache: bool = False,
@@ -873,7 +873,9 @@ class AugmentedSamples(Dataset):
         Args:
             source: an `IdxDataset`, `ImageFolderDataset`, `Cifar10Dataset` or `Cifar100Dataset`
                 built without a transform.
-            transform: the per-sample pipeline.
+            transform: the per-sample pipeline. A `DraftCropTransform` on an `ImageFolderDataset`
+                reads each file through its `load` (the crop sampled from the header, then only
+                what it needs decoded); on any other source it crops the decoded image.
             indices: the items of `source` to use (a subset), None for all.
             seed: the run's seed for per-sample reseeding; None for a deterministic (eval) transform.
             cache: keep each transformed item after its first read (see above).
@@ -898,6 +900,7 @@ class AugmentedSamples(Dataset):
         self.epoch = 0
         self.cache: dict[int, torch.Tensor] | None = {} if cache else None
         self.skip_unreadable = skip_unreadable
+        self.reads_crops = isinstance(transform, DraftCropTransform) and isinstance(source, ImageFolderDataset)
         self.classes: list[str] = list(source.classes)
         targets = np.asarray(source.targets)
         self.targets = targets if indices is None else targets[indices]
@@ -931,9 +934,30 @@ class AugmentedSamples(Dataset):
                 logger.warning("data.on_bad_sample=skip: %s; using the next sample instead", one_line(exc))
         raise ValueError(f"no readable sample left among the {len(self)} training samples")
 
+    def _read_crop(self, index: int) -> tuple[int, torch.Tensor]:
+        """(item index, transformed tensor) through `DraftCropTransform.load`, skipping like `_read`."""
+        source = self.source
+        for step in range(len(self) if self.skip_unreadable else 1):
+            candidate = (index + step) % len(self)
+            if self.seed is not None and self.transform.is_random:
+                self.transform.set_seed(sample_seed(self.seed, self.epoch, candidate))
+            path = source.samples[self.source_index(candidate)][0]
+            try:
+                return candidate, self.transform.load(path, source.background, source.float_range)
+            except (OSError, ValueError) as exc:
+                if not self.skip_unreadable:
+                    raise
+                logger.warning("data.on_bad_sample=skip: %s; using the next sample instead", one_line(exc))
+        raise ValueError(f"no readable sample left among the {len(self)} training samples")
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         if self.cache is not None and index in self.cache:
             return self.cache[index], int(self.targets[index]), int(index)
+        if self.reads_crops:
+            index, tensor = self._read_crop(index)
+            if self.cache is not None:
+                self.cache[index] = tensor
+            return tensor, int(self.targets[index]), int(index)
         index, image = self._read(index)
         label = int(self.targets[index])
         if self.seed is not None and self.transform.is_random:

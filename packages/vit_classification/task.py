@@ -39,6 +39,7 @@ from .data import AugmentedSamples, check_samples, open_split, resolve_config, s
 from .metrics import ClassificationMeter, write_predictions_csv
 from .model import build_classifier
 from .transforms import (
+    DraftCropTransform,
     ImageTransform,
     build_eval_transform,
     build_mixup,
@@ -95,14 +96,14 @@ class ClassificationTask(Task):
         return list(self.config.data.class_names)
 
     # -------------------------------------------------------------------------------- transforms
-    def train_transform(self) -> ImageTransform:
+    def train_transform(self) -> ImageTransform | DraftCropTransform:
         """The per-sample training pipeline (random resized crop, flip, colour ops, normalise)."""
         data, augment = self.config.data, self.config.augment
         return build_train_transform(
             data.input_size, data.channels, data.mean, data.std,
             scale=tuple(augment.scale), ratio=tuple(augment.ratio), hflip=augment.hflip,
             color_ops=augment.color_ops, color_magnitude=augment.color_magnitude,
-            interpolation=data.interpolation,
+            interpolation=data.interpolation, fast_decode=data.fast_decode,
         )
 
     def eval_transform(self) -> ImageTransform:

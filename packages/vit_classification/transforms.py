@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from collections.abc import Sequence
 from typing import Literal
 
@@ -33,10 +34,13 @@ from albumentations.pytorch import ToTensorV2  # noqa: E402
 from timm.data import Mixup  # noqa: E402
 from timm.data.random_erasing import RandomErasing  # noqa: E402
 
+from vit_training.data import read_image_crop  # noqa: E402
 from vit_training.seeding import SampleRandomState  # noqa: E402
 
 __all__ = [
+    "DraftCropTransform",
     "ImageTransform",
+    "sample_resized_crop",
     "build_eval_transform",
     "build_mixup",
     "build_train_transform",
@@ -99,6 +103,130 @@ class ImageTransform:
         return f"ImageTransform(channels={self.channels}, pipeline={self.pipeline!r})"
 
 
+def sample_resized_crop(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], rng: random.Random
+) -> tuple[int, int, int, int]:
+    """A random-resized-crop box of a `height` x `width` image: torchvision's `RandomResizedCrop.get_params`.
+
+    Up to 10 tries of an area fraction uniform in `scale` and an aspect ratio (w / h) log-uniform
+    in `ratio`, the first whose box fits placed uniformly; otherwise the central crop of the whole
+    image, its ratio clamped to `ratio`. albumentations' RandomResizedCrop samples the same way.
+
+    Returns:
+        (top, left, box_h, box_w) in pixels of the image.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        box_w = round(math.sqrt(target_area * aspect))
+        box_h = round(math.sqrt(target_area / aspect))
+        if 0 < box_w <= width and 0 < box_h <= height:
+            return rng.randint(0, height - box_h), rng.randint(0, width - box_w), box_h, box_w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        box_w, box_h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        box_h, box_w = height, round(height * max(ratio))
+    else:
+        box_h, box_w = height, width
+    return (height - box_h) // 2, (width - box_w) // 2, box_h, box_w
+
+
+class DraftCropTransform:
+    """The training pipeline of `build_train_transform` with the random resized crop taken first,
+    from the file: ``data.fast_decode``.
+
+    The crop box is sampled from the image size in the file's header (`sample_resized_crop`, the
+    same distribution as the reference pipeline's crop, relative to the full image), then only
+    what the box needs is decoded (`vit_training.data.read_image_crop`: JPEG DCT-domain reduction
+    to 1/2, 1/4 or 1/8 when the box keeps at least 2x the output size there, OpenCV's
+    libjpeg-turbo decode straight to interleaved pixels), and the box is resized to the output
+    size; flip, photometric ops, Normalize and the tensor conversion are the reference's own
+    albumentations steps on the uint8 crop. The crop statistics are the reference's and the output
+    for one box matches a full decode to within JPEG decoder rounding (tests/test_loader_fast_path.py).
+
+    Call `load(path, ...)` with a file (the fast path) or the transform itself with a decoded
+    uint8 (H, W, C) array (any data set: the same crop on the whole array).
+    """
+
+    def __init__(
+        self,
+        size_hw: tuple[int, int],
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        interpolation: int,
+        rest: A.Compose,
+        channels: Channels,
+        is_random: bool,
+        seed: int | None = None,
+    ) -> None:
+        """
+        Args:
+            size_hw: output (height, width).
+            scale, ratio: the crop's area-fraction and aspect-ratio ranges.
+            interpolation: OpenCV flag of the resize (the reference's).
+            rest: the albumentations steps after the crop (flip, colour ops, Normalize, ToTensorV2).
+            channels: image channels it takes and gives.
+            is_random: whether the output depends on the draws (see `ImageTransform`).
+            seed: the first seed of the draws (None: fresh entropy).
+        """
+        self.size_hw = size_hw
+        self.scale = tuple(scale)
+        self.ratio = tuple(ratio)
+        self.interpolation = interpolation
+        self.pipeline = rest
+        self.channels = channels
+        self.is_random = is_random
+        self._random_state = SampleRandomState()
+        self.set_seed(seed)
+
+    def set_seed(self, seed: int | None) -> None:
+        """Reseed the crop and the albumentations steps from one seed (None: fresh entropy)."""
+        if seed is None:
+            seed = random.SystemRandom().getrandbits(63)
+        # The crop draws from the same Python generator the albumentations steps then continue.
+        self._random_state.seed_pipeline(self.pipeline, seed)
+
+    def sample_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(top, left, box_h, box_w) of the next crop of a `height` x `width` image."""
+        return sample_resized_crop(height, width, self.scale, self.ratio, self._random_state.python)
+
+    def _finish(self, region: np.ndarray) -> torch.Tensor:
+        out_h, out_w = self.size_hw
+        if region.shape[:2] != (out_h, out_w):
+            region = cv2.resize(region, (out_w, out_h), interpolation=self.interpolation)
+        if region.ndim == 2:  # cv2 drops a single channel
+            region = region[:, :, None]
+        return self.pipeline(image=region)["image"]
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 (H, W, C) -> float32 (C, h, w): the crop, resize and the rest on a decoded image."""
+        if image.ndim != 3 or image.shape[2] != self.channels or image.dtype != np.uint8:
+            raise ValueError(f"transform expects a uint8 (H, W, {self.channels}) image, got {image.shape} {image.dtype}")
+        top, left, box_h, box_w = self.sample_box(image.shape[0], image.shape[1])
+        return self._finish(image[top:top + box_h, left:left + box_w])
+
+    def load(
+        self,
+        path: str | os.PathLike,
+        background: int | tuple[int, int, int] = 0,
+        float_range: tuple[float, float] = (0.0, 1.0),
+    ) -> torch.Tensor:
+        """Read and transform one file, decoding only what the sampled crop needs.
+
+        Returns:
+            float32 (C, h, w), normalised. Raises as `vit_training.data.read_image`.
+        """
+        region = read_image_crop(path, self.sample_box, self.size_hw, self.channels, background, float_range)
+        return self._finish(region)
+
+    def __repr__(self) -> str:
+        return (f"DraftCropTransform(size={self.size_hw}, scale={self.scale}, ratio={self.ratio}, "
+                f"channels={self.channels}, then={self.pipeline!r})")
+
+
 def _size_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(input_size, int):
         return input_size, input_size
@@ -154,7 +282,8 @@ def build_train_transform(
     color_magnitude: float = 0.3,
     interpolation: Interpolation = "bicubic",
     seed: int | None = None,
-) -> ImageTransform:
+    fast_decode: bool = False,
+) -> ImageTransform | DraftCropTransform:
     """The training pipeline: RandomResizedCrop, HorizontalFlip, photometric ops, Normalize, to tensor.
 
     Args:
@@ -171,6 +300,9 @@ def build_train_transform(
         color_magnitude: strength of those ops, in (0, 1].
         interpolation: for the crop's resize.
         seed: seeds albumentations' own generators (None: fresh entropy); see `ImageTransform.set_seed`.
+        fast_decode: a `DraftCropTransform` (the crop sampled first, then only what it needs decoded
+            from the file) instead of the albumentations pipeline: the same crop statistics and
+            steps, several times less decoding on large JPEGs.
 
     Returns:
         uint8 (H, W, channels) -> float32 (channels, size_h, size_w).
@@ -184,11 +316,10 @@ def build_train_transform(
         raise ValueError(
             f"need color_ops >= 0 and 0 < color_magnitude <= 1, got {color_ops}, {color_magnitude}"
         )
-    steps: list[A.BasicTransform | A.BaseCompose] = [
-        A.RandomResizedCrop(
-            size=(height, width), scale=scale, ratio=ratio, interpolation=_cv2_interpolation(interpolation)
-        ),
-    ]
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"ratio must satisfy 0 < low <= high, got {ratio}")
+    crop = A.RandomResizedCrop(size=(height, width), scale=scale, ratio=ratio, interpolation=_cv2_interpolation(interpolation))
+    steps: list[A.BasicTransform | A.BaseCompose] = [] if fast_decode else [crop]
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))
     colour = channels == 3 and color_ops > 0
@@ -200,6 +331,9 @@ def build_train_transform(
     # central square (the crop's fallback): no draw changes it. Without flips and colour ops too,
     # the pipeline is deterministic (the Fashion-MNIST recipe).
     is_random = tuple(scale) != (1.0, 1.0) or tuple(ratio) != (1.0, 1.0) or hflip > 0 or colour
+    if fast_decode:
+        return DraftCropTransform((height, width), tuple(scale), tuple(ratio), _cv2_interpolation(interpolation),
+                                  A.Compose(steps), channels, is_random, seed=seed)
     return ImageTransform(A.Compose(steps, seed=seed), channels, is_random=is_random)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "read_grey",
     "read_idx",
     "read_image",
+    "read_image_crop",
     "read_rgb",
     "subset_indices",
     "to_channels",
@@ -331,6 +332,90 @@ def read_image(
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     return to_channels(pixels, channels)
+
+
+def jpeg_reduction(box_hw: tuple[int, int], out_hw: tuple[int, int], oversample: float = 2.0) -> int:
+    """The largest JPEG reduction (1, 2, 4 or 8) that keeps a crop of `box_hw` pixels at least
+    `oversample` times the `out_hw` it is resized to, on both sides."""
+    for scale in (8, 4, 2):
+        if box_hw[0] / scale >= oversample * out_hw[0] and box_hw[1] / scale >= oversample * out_hw[1]:
+            return scale
+    return 1
+
+
+def read_image_crop(
+    path: str | os.PathLike,
+    choose_box: Callable[[int, int], tuple[int, int, int, int]],
+    out_hw: tuple[int, int],
+    channels: Channels = 3,
+    background: int | tuple[int, int, int] = 0,
+    float_range: tuple[float, float] = (0.0, 1.0),
+    oversample: float = 2.0,
+) -> np.ndarray:
+    """The pixels of one crop of an image file, decoding no more than the crop needs.
+
+    `choose_box` gets the file's (height, width) from its header, before any pixel is decoded, and
+    returns the crop ``(top, left, box_h, box_w)`` in those full-resolution pixels (a random
+    resized crop samples it there, so its statistics do not depend on how the file is decoded).
+    A baseline or progressive JPEG in RGB or greyscale is then decoded by OpenCV (libjpeg-turbo,
+    straight to interleaved pixels, EXIF orientation ignored as `read_image` does), at 1/2, 1/4
+    or 1/8 of its size when the crop still keeps `oversample` x `out_hw` pixels there
+    (`jpeg_reduction`), and the box is mapped onto the reduced grid (its edges rounded to the
+    nearest reduced pixel, less than one reduced pixel off). Every other file, and every mode
+    `read_image` converts (palette, alpha, CMYK, 16-bit ...), goes through `read_image` and the
+    same box at full resolution.
+
+    Args:
+        choose_box: (height, width) -> (top, left, box_h, box_w), inside the image.
+        out_hw: the size the caller resizes the crop to (decides the reduction only).
+        channels, background, float_range: as `read_image`.
+        oversample: the least ratio of decoded crop pixels to output pixels per side; 2 keeps
+            a bicubic resize from the reduced image close to one from the full image.
+
+    Returns:
+        uint8 (h', w', channels) RGB (or grey): the box, at full or reduced resolution.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file when it cannot be decoded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    data = path.read_bytes()
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            fmt, mode, (width, height) = header.format, header.mode, header.size
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{path}: cannot read image (not a known image format, or a corrupt header)") from exc
+    except _PIL_ERRORS as exc:
+        raise ValueError(f"{path}: cannot read image ({one_line(exc)})") from exc
+    top, left, box_h, box_w = choose_box(height, width)
+    if fmt == "JPEG" and (mode, channels) in (("RGB", 3), ("L", 3), ("L", 1)):
+        import cv2  # here, not at the top: most users of this module never decode a crop
+
+        # JPEG files decode at 1/scale of their size in the DCT domain (libjpeg's scale_denom),
+        # which costs a fraction of a full decode and is itself a properly filtered downscale.
+        scale = jpeg_reduction((box_h, box_w), out_hw, oversample)
+        flags = {
+            (3, 1): cv2.IMREAD_COLOR, (3, 2): cv2.IMREAD_REDUCED_COLOR_2, (3, 4): cv2.IMREAD_REDUCED_COLOR_4,
+            (3, 8): cv2.IMREAD_REDUCED_COLOR_8, (1, 1): cv2.IMREAD_GRAYSCALE, (1, 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+            (1, 4): cv2.IMREAD_REDUCED_GRAYSCALE_4, (1, 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+        }[channels, scale]
+        pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+        if pixels is not None:
+            # libjpeg rounds a reduced side up: ceil(side / scale).
+            rows, cols = pixels.shape[:2]
+            y0, y1 = round(top * rows / height), round((top + box_h) * rows / height)
+            x0, x1 = round(left * cols / width), round((left + box_w) * cols / width)
+            y0, x0 = min(y0, rows - 1), min(x0, cols - 1)
+            region = pixels[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
+            if channels == 1:
+                return np.ascontiguousarray(region[:, :, None])
+            return cv2.cvtColor(region, cv2.COLOR_BGR2RGB)  # also makes the crop contiguous
+        # OpenCV could not decode what PIL could open: let read_image raise (or manage) below.
+    image = read_image(path, channels, background, float_range)
+    return np.ascontiguousarray(image[top:top + box_h, left:left + box_w])
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
