@@ -56,7 +56,10 @@ def resample_pos_embed(
             f"position embedding has {pos_embed.shape[1]} rows but grid {old_grid[0]}x{old_grid[1]} "
             f"with {num_prefix_tokens} prefix tokens needs {expected}"
         )
-    if tuple(old_grid) == tuple(new_grid):
+    # A grid traced as a symbol (torch.export / ONNX with a dynamic image size) must not be compared:
+    # the graph then always resamples, which at the trained grid gives the table back (within rounding).
+    symbolic = any(isinstance(side, torch.SymInt) for side in new_grid)
+    if not symbolic and tuple(old_grid) == tuple(new_grid):
         return pos_embed
     prefix, grid_rows = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     channels = grid_rows.shape[-1]

@@ -23,6 +23,7 @@ from torch import nn
 
 from vit_training.api import ImageInput, Predictor, as_uint8_image
 from vit_training.data import _pil_to_uint8, list_images, read_image, to_channels
+from vit_training.export import GraphSpec
 
 from .config import ClassificationConfig
 from .data import resolve_config
@@ -73,6 +74,12 @@ class Classifier(Predictor, pipeline_tag="image-classification"):
         return {"task": "image-classification", "input_size": data.input_size, "channels": data.channels,
                 "mean": list(data.mean or []), "std": list(data.std or []), "interpolation": data.interpolation,
                 "crop_pct": data.crop_pct, "background": data.background, "class_names": self.class_names}
+
+    def graph_spec(self) -> GraphSpec:
+        """images (B, C, S, S) normalised -> logits and probabilities (B, K) (`vit_classification.export`)."""
+        from .export import graph_spec
+
+        return graph_spec(self.model, self.config, self.preprocessing())
 
     def read(self, item: ImageInput) -> np.ndarray:
         """One input as uint8 (H, W, data.channels), as ``predict`` reads a file (`read_image`).

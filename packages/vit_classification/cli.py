@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_training.cli import TaskCommands
+from vit_training.export import export_command
 
 from .config import ClassificationConfig
 from .predict import add_predict_arguments, run_predict
@@ -49,6 +50,14 @@ def _evaluate_options(output_dir: Path) -> dict[str, Any]:
     return {"predictions_path": output_dir / "predictions.csv"}
 
 
+def _predictor() -> Any:
+    from .api import Classifier
+
+    return Classifier
+
+
+EXPORT = export_command("classify", _predictor)
+
 COMMANDS = TaskCommands(
     name="classify",
     description="Train, evaluate and use a ViT image classifier.",
@@ -67,5 +76,6 @@ COMMANDS = TaskCommands(
     evaluate_files=("predictions.csv", "confusion_matrix.png", "per_class_accuracy.json"),
     evaluate_options=_evaluate_options,
     unit="images",
+    extra_commands=(EXPORT,),
     examples=EXAMPLES,
 )

@@ -23,6 +23,7 @@ from torch import nn
 
 from vit_training.api import ImageInput, Predictor, as_uint8_image
 from vit_training.data import list_images, read_rgb, to_channels
+from vit_training.export import GraphSpec
 
 from .config import DetectionConfig
 from .model import build_detector
@@ -91,6 +92,12 @@ class Detector(Predictor, pipeline_tag="object-detection"):
                 "mean": list(data.mean), "std": list(data.std), "size_divisor": int(self.model.backbone.patch_size),
                 "score_threshold": self.config.eval.score_threshold, "top_k": self.config.eval.top_k,
                 "class_names": self.class_names, "category_ids": list(self.config.data.category_ids or [])}
+
+    def graph_spec(self) -> GraphSpec:
+        """images (B, 3, H, W) and orig_sizes (B, 2) -> scores, labels, boxes in pixels (`vit_detection.export`)."""
+        from .export import graph_spec
+
+        return graph_spec(self.model, self.config, self.preprocessing())
 
     @staticmethod
     def read(item: ImageInput) -> np.ndarray:

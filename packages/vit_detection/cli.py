@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_training.cli import SubCommand, TaskCommands, format_metrics
+from vit_training.export import export_command
 
 from .config import DetectionConfig
 from .predict import add_predict_arguments, run_predict
@@ -83,6 +84,14 @@ PREPARE = SubCommand(
     ),
 )
 
+def _predictor() -> Any:
+    from .api import Detector
+
+    return Detector
+
+
+EXPORT = export_command("detect", _predictor)
+
 COMMANDS = TaskCommands(
     name="detect",
     description="Prepare data for, train, evaluate and use a DETR-style ViT object detector.",
@@ -101,6 +110,6 @@ COMMANDS = TaskCommands(
     inference_model=_inference_model,
     evaluate_files=("coco_eval.txt", "coco_results.json"),
     unit="images",
-    extra_commands=(PREPARE,),
+    extra_commands=(PREPARE, EXPORT),
     examples=EXAMPLES,
 )

@@ -27,7 +27,6 @@ at the bottom/right borders (and, in training, padding enters the stem's BatchNo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -417,7 +416,7 @@ class DETR(nn.Module):
         patch = self.backbone.patch_size
         if pad_mask is None:
             batch, _, height, width = images.shape
-            grid = (math.ceil(height / patch), math.ceil(width / patch))
+            grid = (-(-height // patch), -(-width // patch))  # ceil in integer ops, which a saved .pt2 can hold
             token_pad = torch.zeros(batch, *grid, dtype=torch.bool, device=images.device)
             valid_grids = None
         else:
@@ -528,7 +527,9 @@ class DETR(nn.Module):
             trains the decoder; the proposals learn from their own loss, as in DINO), and the
             "enc_outputs" dict of all S proposals for the loss.
         """
-        num_cells = int((~memory_mask).sum(1).min())
+        # An exported graph (torch.export, ONNX) cannot branch on tensor values; the check is for
+        # padded training batches, and an exported detector takes unpadded ones (topk fails alone).
+        num_cells = self.num_queries if torch.compiler.is_exporting() else int((~memory_mask).sum(1).min())
         if num_cells < self.num_queries:
             raise ValueError(
                 f"two_stage selects num_queries={self.num_queries} encoder cells but an image has only "

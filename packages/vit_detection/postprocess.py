@@ -64,6 +64,16 @@ class PostProcess(nn.Module):
             "labels" int64 (D,) in 0..C-1 (contiguous, as the targets), "boxes" float32 (D, 4)
             absolute (x0, y0, x1, y1) in original pixels. With `top_k` they are sorted by score.
         """
+        scores, labels, xyxy = self.batched(outputs, orig_sizes)
+        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]
+
+    @torch.no_grad()
+    def batched(self, outputs: Mapping[str, torch.Tensor],
+                orig_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` as three batched tensors: scores (B, D), labels (B, D), boxes (B, D, 4).
+
+        No loop over the batch, so a traced graph (torch.export, ONNX) keeps B dynamic.
+        """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if orig_sizes.shape != (logits.shape[0], 2):
             raise ValueError(f"orig_sizes must be (B, 2) = {(logits.shape[0], 2)} (height, width), "
@@ -79,4 +89,4 @@ class PostProcess(nn.Module):
             scores, pairs = prob.flatten(1).topk(min(self.top_k, prob[0].numel()), dim=1)  # (B, D)
             labels = pairs % num_classes
             xyxy = xyxy.gather(1, (pairs // num_classes)[..., None].expand(-1, -1, 4))
-        return [{"scores": s, "labels": lab, "boxes": b} for s, lab, b in zip(scores, labels, xyxy, strict=True)]
+        return scores, labels, xyxy

@@ -23,6 +23,7 @@ from torch import nn
 
 from vit_training.api import ImageInput, Predictor
 from vit_training.data import read_grey
+from vit_training.export import GraphSpec
 
 from .config import SegmentationConfig
 from .data import Volume, write_source_labels
@@ -98,6 +99,12 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
                 "target_spacing": list(data.target_spacing) if data.target_spacing is not None else None,
                 "image_range": [0.0, 1.0],
                 "num_classes": self.config.model.num_classes, "class_names": ["background", *self.class_names]}
+
+    def graph_spec(self) -> GraphSpec:
+        """slices (B, C, H, W) -> logits (B, K, H, W) and labels (B, H, W) (`vit_segmentation.export`)."""
+        from .export import graph_spec
+
+        return graph_spec(self.model, self.config, self.preprocessing())
 
     @torch.no_grad()
     def predict(self, inputs: ImageInput | Sequence[ImageInput]) -> Segmentation | list[Segmentation]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vit_training.cli import SubCommand, TaskCommands
+from vit_training.export import export_command
 
 from .config import SegmentationConfig
 from .predict import add_predict_arguments, run_predict
@@ -80,6 +81,14 @@ PREPARE = SubCommand(
     ),
 )
 
+def _predictor() -> Any:
+    from .api import Segmenter
+
+    return Segmenter
+
+
+EXPORT = export_command("segment", _predictor)
+
 COMMANDS = TaskCommands(
     name="segment",
     description="Prepare data for, train, evaluate and use a TransUNet-style ViT segmenter.",
@@ -101,6 +110,6 @@ COMMANDS = TaskCommands(
     evaluate_files=("per_case_<mode>.csv", "summary.txt"),
     evaluate_record=lambda task: {"metric_mode": task.config.eval.metric_mode},
     unit="cases",
-    extra_commands=(PREPARE,),
+    extra_commands=(PREPARE, EXPORT),
     examples=EXAMPLES,
 )

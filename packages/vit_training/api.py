@@ -34,6 +34,7 @@ from .cli import (
     weights_file,
 )
 from .config import config_to_dict, load_config, save_config
+from .export import DEFAULT_OPSET, ExportResult, GraphSpec, export_graph
 from .loop import load_weights_for_inference
 
 __all__ = [
@@ -153,6 +154,13 @@ class Predictor(ModelHubMixin, library_name="vitasks", tags=["vitasks", "vision-
 
     def preprocessing(self) -> dict[str, Any]:
         """How inputs are prepared (sizes, normalisation, ...): written as preprocessing.json."""
+        raise NotImplementedError
+
+    def graph_spec(self) -> GraphSpec:
+        """The inference graph `export` writes: the network and the post-processing ``predict`` applies to it.
+
+        Each task builds it in its ``export`` module (fp32, on the CPU, from a copy of `model`).
+        """
         raise NotImplementedError
 
     @property
@@ -310,6 +318,27 @@ class Predictor(ModelHubMixin, library_name="vitasks", tags=["vitasks", "vision-
             "",
         ]
         return "\n".join(lines)
+
+    # ------------------------------------------------------------------ exporting
+    def export(self, path: str | os.PathLike, format: str | None = None, opset: int = DEFAULT_OPSET) -> ExportResult:
+        """Export the model to ONNX or ``torch.export`` (``.pt2``), with ``<stem>.preprocessing.json`` beside it.
+
+        The graph (`graph_spec`) takes preprocessed tensors, as ``predict`` feeds the network, and
+        returns what ``predict`` reads from it; the JSON names its inputs and outputs and the
+        preprocessing (not part of the graph). The batch size is dynamic. fp32, whatever `precision`.
+        ONNX is written by the dynamo exporter (opset `opset`, >= 17), or by the TorchScript
+        exporter when the dynamo exporter fails (`ExportResult.exporter` says which);
+        ``torch.export.load(path).module()`` runs a .pt2. See `vit_training.export`.
+
+        Args:
+            path: the file to write, e.g. ``model.onnx`` or ``model.pt2``.
+            format: "onnx" or "pt2"; default: from the suffix of `path`.
+            opset: the ONNX opset.
+
+        Raises:
+            ValueError: an unknown format or an opset below 17.
+        """
+        return export_graph(self.graph_spec(), Path(path), format, opset)
 
     # ------------------------------------------------------------------ predicting
     def autocast(self) -> Any:
