@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 
 # isort: off
-# vit_training first: importing it sets the environment the task package needs.
-from vit_training.cli import run_task
+# vit_training.commandline first: it sets the command's environment (offline Hub) before timm loads.
+from vit_training.commandline import run_task
 from vit_detection.cli import COMMANDS
 # isort: on
 

@@ -84,7 +84,7 @@ def test_the_wheel_lists_every_package_config_license_and_entry_point(wheel: Pat
     with zipfile.ZipFile(wheel) as archive:
         entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
         metadata = archive.read(f"{dist_info}/METADATA").decode()
-    assert "vitasks = vit_training.cli:main" in entry_points
+    assert "vitasks = vit_training.commandline:main" in entry_points
     for line in ("classify = vit_classification.cli:COMMANDS", "detect = vit_detection.cli:COMMANDS",
                  "segment = vit_segmentation.cli:COMMANDS"):
         assert line in entry_points

@@ -7,32 +7,43 @@ every task (`TaskCommands`, `run_task`, the ``vitasks`` console script); `data` 
 helpers every task shares (image and IDX readers, image listing, fixed subsets).
 """
 
-# ruff: noqa: E402
+import importlib
 import os
+from typing import Any
 
-# The command line's environment, set before the imports below load timm (huggingface_hub reads
-# HF_HUB_OFFLINE once, at import: timm must never reach a hub) and before any task package loads
-# albumentations (which would ask PyPI for updates on import). A value the user exported wins.
-for _name in ("NO_ALBUMENTATIONS_UPDATE", "HF_HUB_OFFLINE"):
-    os.environ.setdefault(_name, "1")
+# albumentations asks PyPI for a newer version when it is imported; this only turns that version
+# check off (every task's transforms module sets the same), so it is safe for library users too.
+# HF_HUB_OFFLINE is NOT set here: a Python user's from_pretrained / push_to_hub must reach the Hub.
+# The command line sets it (`vit_training.cli.main`, tasks/*.py) before timm is imported.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from .api import Predictor
-from .cli import SubCommand, TaskCommands, format_metrics, run_task
-from .config import (
-    ConfigError,
-    OptimizerConfig,
-    ScheduleConfig,
-    TrainConfig,
-    check_choices,
-    config_to_dict,
-    load_config,
-    resolve_mixed_precision,
-    save_config,
-)
-from .loop import FitResult, evaluate_weights, fit
-from .optim import build_optimizer, find_vit, param_groups, vit_layer_id, weight_decay_exempt_names
-from .schedule import build_scheduler, lr_factor_fn
-from .task import Task, TrainableConfig
+# The public names, imported from their modules on first use (PEP 562): importing `vit_training`
+# or `vit_training.cli` loads no heavy library, so the command line can set its environment first.
+_EXPORTS = {
+    "Predictor": "api",
+    **dict.fromkeys(("SubCommand", "TaskCommands", "format_metrics", "run_task"), "cli"),
+    **dict.fromkeys(("ConfigError", "OptimizerConfig", "ScheduleConfig", "TrainConfig", "check_choices",
+                     "config_to_dict", "load_config", "resolve_mixed_precision", "save_config"), "config"),
+    **dict.fromkeys(("FitResult", "evaluate_weights", "fit"), "loop"),
+    **dict.fromkeys(("build_optimizer", "find_vit", "param_groups", "vit_layer_id", "weight_decay_exempt_names"),
+                    "optim"),
+    **dict.fromkeys(("build_scheduler", "lr_factor_fn"), "schedule"),
+    **dict.fromkeys(("Task", "TrainableConfig"), "task"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "ConfigError",

@@ -6,8 +6,10 @@ headline, its predict handler and extra subcommands); `run_task` and `main` give
 lookup (a path, or the name of a shipped config) and the same error policy (`EXIT_CODES`).
 `main`, the ``vitasks`` console script, finds the registered tasks through the entry-point group
 ``vitasks.tasks`` (`ENTRY_POINT_GROUP`), so this package never imports a task package. The
-environment the commands need (``NO_ALBUMENTATIONS_UPDATE``, ``HF_HUB_OFFLINE``) is set once, by
-importing `vit_training` (its ``__init__``), before timm or any task package is imported.
+commands run offline: the console script's module `vit_training.commandline` (which ``tasks/*.py``
+import first) sets ``HF_HUB_OFFLINE=1`` (unless the user exported a value) before timm is imported;
+importing the library sets nothing of the kind, so a Python user's ``from_pretrained`` /
+``push_to_hub`` reach the Hub.
 
 Also here: the run folder conventions of `vit_training.loop.fit` (``config.yaml`` and
 ``model.safetensors`` beside each other), the ``key.sub=value`` overrides argument, ``--resume``
@@ -614,8 +616,19 @@ def build_parser(tasks: Mapping[str, TaskCommands]) -> argparse.ArgumentParser:
     return parser
 
 
+def set_command_environment() -> None:
+    """The command line's environment, set before the task packages (timm, huggingface_hub) load.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, when imported: a command must never reach a hub
+    (timm's model factory would ask it). A value the user exported wins.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``vitasks`` console script: ``vitasks <task> <command> ...``; returns the exit status."""
+    set_command_environment()
     tasks = discover_tasks()
     args = build_parser(tasks).parse_args(argv)
     return exit_status(_run_guarded(args.spec, args, f"vitasks {args.task}"))
