@@ -125,3 +125,25 @@ def test_export_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with torch.no_grad():
         torch.testing.assert_close(logits, predictor.model(images))
     assert "model.pt2 (torch.export)" in capsys.readouterr().out
+
+
+def test_push_to_hub_uploads_the_save_pretrained_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    calls: dict[str, object] = {}
+
+    def create_repo(self: object, repo_id: str, **kwargs: object) -> object:
+        calls["create_repo"] = repo_id
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self: object, *, repo_id: str, folder_path: str, **kwargs: object) -> str:
+        # The folder is temporary: record what it holds while the upload would read it.
+        calls["upload"] = (repo_id, sorted(path.name for path in Path(folder_path).iterdir()))
+        return "uploaded"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    predictor = tiny_predictor("classify")
+    assert predictor.push_to_hub("me/x") == "uploaded"
+    predictor.save_pretrained(tmp_path / "saved")
+    assert calls == {"create_repo": "me/x", "upload": ("me/x", sorted(p.name for p in (tmp_path / "saved").iterdir()))}
