@@ -9,7 +9,9 @@ and predicts every volume with the same weights in each inference setting:
   * ``resize + TTA``: the same, softmax averaged with the flipped slices (``--flips``);
   * ``sliding_window``: windows of ``data.input_size`` at the slice's own resolution, overlap
     ``--overlap``, Gaussian blending (`vit_segmentation.inference`);
-  * ``sliding_window + TTA``.
+  * ``sliding_window + TTA``;
+  * ``+lcc`` after any of them (``resize+tta+lcc``): each foreground class kept as its largest
+    3D connected component (``eval.largest_component: true``), timed with the prediction.
 
 Dice and HD95 are computed at the volumes' native resolution (the label grid), per case and class
 (`metrics.case_metrics`), in the TransUNet convention (HD95 in voxels) and the standard one (HD95
@@ -52,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window-batch-size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--modes", nargs="+",
-                        default=["resize", "resize+tta", "sliding_window", "sliding_window+tta"],
-                        help="settings to compare, in order")
+                        default=["resize", "resize+tta", "resize+tta+lcc", "sliding_window", "sliding_window+tta"],
+                        help="settings to compare, in order: resize or sliding_window, then +tta and/or +lcc")
     return parser.parse_args(argv)
 
 
@@ -77,13 +79,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for mode in args.modes:
-        base, _, tta = mode.partition("+")
-        if base not in ("resize", "sliding_window") or tta not in ("", "tta"):
-            print(f"--modes: unknown setting {mode!r}, expected resize, resize+tta, sliding_window or "
-                  "sliding_window+tta", file=sys.stderr)
+        base, *extras = mode.split("+")
+        if base not in ("resize", "sliding_window") or not set(extras) <= {"tta", "lcc"}:
+            print(f"--modes: unknown setting {mode!r}, expected resize or sliding_window, then +tta and/or +lcc "
+                  "(e.g. resize+tta+lcc)", file=sys.stderr)
             return 2
-        options = {"inference": base, "window_overlap": args.overlap,
-                   "window_batch_size": args.window_batch_size, "tta_flips": flips if tta else False}
+        options = {"inference": base, "window_overlap": args.overlap, "window_batch_size": args.window_batch_size,
+                   "tta_flips": flips if "tta" in extras else False, "largest_component": "lcc" in extras}
         seconds, results = [], {"transunet": ([], []), "standard": ([], [])}
         for volume in volumes:
             start = time.perf_counter()
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for mode, summaries, seconds in rows:
-        label = mode.replace("+tta", " + TTA") + (f" ({args.overlap:g})" if mode.startswith("sliding") else "")
+        label = mode.replace("+tta", " + TTA").replace("+lcc", " + LCC") + (
+            f" ({args.overlap:g})" if mode.startswith("sliding") else "")
         t, s = summaries["transunet"], summaries["standard"]
         print(f"{label:<28}{t['mean_dice']:>10.4f}{t['mean_hd95']:>12.2f}{s['mean_dice']:>10.4f}"
               f"{s['mean_hd95']:>11.2f}{seconds:>12.1f}")

@@ -13,6 +13,8 @@ from vit_segmentation.config import EvalConfig
 from vit_segmentation.inference import (
     flip_combinations,
     gaussian_importance_map,
+    keep_largest_component,
+    largest_component_classes,
     predict_with_flips,
     sliding_window_predict,
     window_starts,
@@ -207,3 +209,100 @@ def test_eval_config_checks_the_inference_keys(tmp_path) -> None:
     ):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
             load_config(SegmentationConfig, None, [override])
+
+
+# ------------------------------------------------------------------ largest connected component
+def _two_blobs() -> np.ndarray:
+    """(6, 12, 12) labels: class 1 as a large cube and a small far one, class 2 as one piece, class 3 as two equal pieces."""
+    labels = np.zeros((6, 12, 12), dtype=np.uint8)
+    labels[1:5, 1:6, 1:6] = 1      # 100 voxels
+    labels[4:6, 9:11, 9:11] = 1    # 8 voxels, not touching
+    labels[0:2, 8:12, 0:3] = 2     # one piece
+    labels[5, 0, 11] = 3           # two single voxels, equal sizes
+    labels[5, 11, 0] = 3
+    return labels
+
+
+def test_largest_component_keeps_the_biggest_piece_and_clears_the_rest() -> None:
+    labels = _two_blobs()
+    cleaned = keep_largest_component(labels, [1, 2])
+    assert cleaned.dtype == labels.dtype and cleaned.shape == labels.shape
+    assert (cleaned == 1).sum() == 100 and not cleaned[4:6, 9:11, 9:11].any()
+    np.testing.assert_array_equal(cleaned == 2, labels == 2)
+    np.testing.assert_array_equal(cleaned == 3, labels == 3)  # not listed: untouched
+    np.testing.assert_array_equal(labels, _two_blobs())  # the input is not modified
+    assert keep_largest_component(labels, []) is labels
+    # corners touch: full connectivity joins two diagonal voxels into one component
+    diagonal = np.zeros((3, 3, 3), dtype=np.uint8)
+    diagonal[0, 0, 0] = diagonal[1, 1, 1] = 4
+    np.testing.assert_array_equal(keep_largest_component(diagonal, [4]), diagonal)
+
+
+def _largest_by_flood_fill(labels: np.ndarray, value: int) -> np.ndarray:
+    """Reference: the mask of `value`'s largest 26-connected component by breadth-first search (first found wins ties)."""
+    mask = labels == value
+    seen = np.zeros_like(mask)
+    best: list[tuple[int, ...]] = []
+    steps = [step for step in itertools.product((-1, 0, 1), repeat=labels.ndim) if any(step)]
+    for start in zip(*np.nonzero(mask), strict=True):
+        if seen[start]:
+            continue
+        seen[start] = True
+        component, queue = [start], [start]
+        while queue:
+            voxel = queue.pop()
+            for step in steps:
+                neighbour = tuple(int(a + b) for a, b in zip(voxel, step, strict=True))
+                if all(0 <= n < size for n, size in zip(neighbour, labels.shape, strict=True)) \
+                        and mask[neighbour] and not seen[neighbour]:
+                    seen[neighbour] = True
+                    component.append(neighbour)
+                    queue.append(neighbour)
+        if len(component) > len(best):
+            best = component
+    largest = np.zeros_like(mask)
+    for voxel in best:
+        largest[voxel] = True
+    return largest
+
+
+def test_largest_component_matches_a_flood_fill_reference() -> None:
+    rng = np.random.default_rng(5)
+    labels = ((rng.random((8, 14, 16)) < 0.25) * rng.integers(1, 4, (8, 14, 16))).astype(np.uint8)
+    labels[2:6, 3:10, 4:12] = 2  # one large component among speckles
+    ours = keep_largest_component(labels, [1, 2, 3])
+    for value in (1, 2, 3):
+        np.testing.assert_array_equal(ours == value, _largest_by_flood_fill(labels, value))
+    np.testing.assert_array_equal(ours[(ours == 0) & (labels != 0)], 0)  # removed voxels became background
+
+
+def test_largest_component_setting_parses_and_names_bad_values() -> None:
+    assert largest_component_classes(False) == [] and largest_component_classes(None) == []
+    assert largest_component_classes(True, 4) == [1, 2, 3]
+    assert largest_component_classes([3, 1, 3], 4) == [1, 3]
+    with pytest.raises(ValueError, match="class 0 is not a foreground class"):
+        largest_component_classes([0], 4)
+    with pytest.raises(ValueError, match="class 4 is not a foreground class"):
+        largest_component_classes([4], 4)
+    with pytest.raises(ValueError, match="must be true, false or a list"):
+        largest_component_classes("all", 4)
+
+
+def test_predict_volume_applies_the_largest_component_over_the_whole_volume() -> None:
+    model = _conv_model(seed=2)
+    volume = np.random.default_rng(3).normal(size=(6, 20, 24)).astype(np.float32)
+    plain = predict_volume(model, volume, (16, 16), "bilinear", 4)
+    cleaned = predict_volume(model, volume, (16, 16), "bilinear", 4, largest_component=True)
+    np.testing.assert_array_equal(cleaned, keep_largest_component(plain, [1, 2]))
+    assert (cleaned != plain).any()  # random logits give speckles: the post-processing changed something
+
+
+def test_config_checks_largest_component_against_the_class_count() -> None:
+    from vit_segmentation.config import SegmentationConfig
+
+    config = load_config(SegmentationConfig, None, ["eval.largest_component=[1, 8]"])
+    assert config.eval.inference_options()["largest_component"] == [1, 8]
+    with pytest.raises(ConfigError, match="class 9 is not a foreground class"):
+        load_config(SegmentationConfig, None, ["eval.largest_component=[9]"])
+    with pytest.raises(ConfigError, match="largest_component"):
+        load_config(SegmentationConfig, None, ["eval.largest_component=everything"])

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from vit_backbone import BackboneConfig
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
-from .inference import InferenceMode, flip_combinations
+from .inference import InferenceMode, flip_combinations, largest_component_classes
 
 DataFormat = Literal["synapse", "nifti"]
 Modality = Literal["ct", "mr"]
@@ -285,6 +285,10 @@ class EvalConfig:
         window_batch_size: windows per forward pass (``sliding_window`` only).
         tta_flips: test-time flips whose softmax is averaged with the unflipped pass: false (none),
             true (height, width and both), or a list such as ``[height, [height, width]]``.
+        largest_component: post-processing of each predicted volume (nnU-Net's): the listed classes
+            keep only their largest 3D connected component, the rest of their voxels become
+            background. false (none), true (every foreground class) or a list of class values.
+            For structures known to be one piece each.
         save_predictions: NIfTI cases: also write each evaluated case's labels as
             ``predictions/<case>.nii.gz`` in the evaluation folder (nnU-Net's naming), on the
             case's own grid, orientation, affine and header.
@@ -298,6 +302,7 @@ class EvalConfig:
     window_overlap: float = 0.5
     window_batch_size: int = 32
     tta_flips: Any = False
+    largest_component: Any = False
     save_predictions: bool = False
 
     def __post_init__(self) -> None:
@@ -307,6 +312,8 @@ class EvalConfig:
         _check(0.0 <= self.window_overlap < 1.0, f"window_overlap={self.window_overlap} must lie in [0, 1)")
         _check(self.window_batch_size >= 1, f"window_batch_size={self.window_batch_size} must be >= 1")
         flip_combinations(self.tta_flips)  # raises a one-line ValueError naming the bad entry
+        if self.largest_component is not True:  # true needs the class count; lists are range-checked with it too
+            largest_component_classes(self.largest_component)
 
     def inference_options(self) -> dict[str, Any]:
         """The keyword arguments of `task.predict_volume` that choose how slices are predicted."""
@@ -315,6 +322,7 @@ class EvalConfig:
             "window_overlap": self.window_overlap,
             "window_batch_size": self.window_batch_size,
             "tta_flips": self.tta_flips,
+            "largest_component": self.largest_component,
         }
 
 
@@ -340,6 +348,8 @@ class SegmentationConfig:
                 f"data.class_names has {len(names)} names but model.num_classes={num_classes} needs "
                 f"{num_classes - 1} (the foreground classes 1..{num_classes - 1}, without background)",
             )
+        if num_classes is not None:
+            largest_component_classes(self.eval.largest_component, num_classes)  # classes 1..num_classes-1
         patch = self.model.backbone.resolved_patch_size
         height, width = self.data.input_size
         _check(

@@ -53,6 +53,8 @@ from .inference import (
     INFERENCE_MODES,
     InferenceMode,
     flip_combinations,
+    keep_largest_component,
+    largest_component_classes,
     predict_with_flips,
     sliding_window_predict,
 )
@@ -252,6 +254,7 @@ def predict_volume(
     window_overlap: float = 0.5,
     window_batch_size: int = 32,
     tta_flips: Any = False,
+    largest_component: Any = False,
 ) -> np.ndarray:
     """Segment a volume slice by slice, resized as TransUNet's `test_single_volume` or with sliding windows.
 
@@ -273,6 +276,8 @@ def predict_volume(
         window_overlap: fraction of a window shared with its neighbour, in [0, 1).
         window_batch_size: windows per forward pass.
         tta_flips: test-time flips (`EvalConfig.tta_flips`: false, true or a list of axis names).
+        largest_component: classes reduced to their largest connected component over the whole
+            volume (`EvalConfig.largest_component`: false, true or a list of class values).
 
     Returns:
         labels (S, H, W) (or (H, W) for a 2D input), uint8 (uint16 above 256 classes).
@@ -323,6 +328,7 @@ def predict_volume(
             output[index] = resize_labels(predicted[offset], (height, width))
     net.train(was_training)
     assert output is not None  # the loop ran at least once: num_slices >= 1
+    output = keep_largest_component(output, largest_component_classes(largest_component, scores.shape[1]))
     return output[0] if image.ndim == 2 else output
 
 
