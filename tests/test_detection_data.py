@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from vit_training.config import ConfigError, load_config
 from vit_training.seeding import sample_seed
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from detection_batch_shapes import coco_like_sizes  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -364,7 +368,9 @@ def test_collate_pads_bottom_right_to_a_multiple_and_masks_the_padding() -> None
     assert not mask[0, :5, :7].any() and mask[0, 5:].all() and mask[0, :, 7:].all()
     assert not mask[1, :9, :4].any() and mask[1, 9:].all() and mask[1, :, 4:].all()
     assert int((~mask).sum()) == 5 * 7 + 9 * 4
-    assert out_targets == targets
+    # the targets gain their unpadded size as host ints (the inputs are not modified)
+    assert out_targets == [{"image_id": 1, "image_hw": (5, 7)}, {"image_id": 2, "image_hw": (9, 4)}]
+    assert targets == [{"image_id": 1}, {"image_id": 2}]
     images, mask, _ = collate_detection([(a, targets[0])], size_divisor=1)
     assert images.shape == (1, 3, 5, 7) and not mask.any()
     with pytest.raises(ValueError, match="size_divisor"):
@@ -374,29 +380,15 @@ def test_collate_pads_bottom_right_to_a_multiple_and_masks_the_padding() -> None
 def coco_like_batch_shapes(config: DetectionConfig, images: int, batch_size: int, seed: int = 0) -> set[tuple[int, int]]:
     """The padded (H, W) of every batch of an epoch of COCO-like image sizes, through the real collate.
 
-    Originals of COCO's usual sizes (640 x 480, 480 x 640, 640 x 427, 640 x 360) and random aspect
-    ratios in [1/2, 2]; the config's random crop (each side kept 60-100%, with its crop_prob), then
-    DETR's resize to a short side drawn from train_sizes with the long side capped at max_size
-    (`resized_shape`, what the training transform does). Items are 1-channel uint8 tensors of the
-    resized size: the collate pads by shape, the pixel values do not matter here.
+    Sizes from benchmarks/detection_batch_shapes.py (`coco_like_sizes`: COCO's usual originals and
+    random aspect ratios, the config's random crop, DETR's resize). Items are 1-channel uint8 tensors
+    of those sizes: the collate pads by shape, the pixel values do not matter here.
     """
-    rng = np.random.default_rng(seed)
-    data = config.data
-    divisor = pad_divisor(config.model.backbone.resolved_patch_size, data.pad_size_multiple)
+    divisor = pad_divisor(config.model.backbone.resolved_patch_size, config.data.pad_size_multiple)
+    sizes = coco_like_sizes(config, images // batch_size * batch_size, np.random.default_rng(seed))
     shapes = set()
-    for _ in range(images // batch_size):
-        items = []
-        for _ in range(batch_size):
-            if rng.random() < 0.8:
-                width, height = [(640, 480), (480, 640), (640, 427), (640, 360)][int(rng.integers(4))]
-            else:
-                aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))  # width / height
-                width, height = (640, round(640 / aspect)) if aspect >= 1 else (round(640 * aspect), 640)
-            if rng.random() < data.crop_prob:
-                height = int(rng.integers(math.ceil(data.crop_min_scale * height), height + 1))
-                width = int(rng.integers(math.ceil(data.crop_min_scale * width), width + 1))
-            h, w = resized_shape(height, width, int(rng.choice(data.train_sizes)), data.max_size)
-            items.append((torch.empty((1, h, w), dtype=torch.uint8), {}))
+    for start in range(0, len(sizes), batch_size):
+        items = [(torch.empty((1, h, w), dtype=torch.uint8), {}) for h, w in sizes[start:start + batch_size]]
         batch, mask, _ = collate_detection(items, size_divisor=divisor)
         assert batch.shape[-2:] == mask.shape[-2:]
         shapes.add(tuple(batch.shape[-2:]))

@@ -9,7 +9,13 @@ import torch
 from vit_backbone import create_vit
 from vit_backbone.vit import valid_grid_token_mask
 from vit_detection.criterion import SetCriterion
-from vit_detection.detr import DETR, build_denoising_queries, denoising_attention_mask, token_padding
+from vit_detection.detr import (
+    DETR,
+    build_denoising_queries,
+    denoising_attention_mask,
+    host_token_padding,
+    token_padding,
+)
 from vit_detection.matcher import HungarianMatcher
 from vit_detection.neck import SimpleFeaturePyramid
 from vit_detection.position_encoding import PositionEmbeddingSine, box_sine_embedding
@@ -91,6 +97,35 @@ def test_token_padding_rounds_up_and_rejects_holes() -> None:
     holed[0, 4, 4] = True
     with pytest.raises(ValueError, match="pad_mask of image 0 is not a top-left rectangle"):
         token_padding(holed, 4)
+
+
+def test_host_token_padding_equals_the_device_read() -> None:
+    sizes = [(9, 5), (16, 16), (1, 13)]
+    mask = torch.ones(3, 16, 16, dtype=torch.bool)
+    for index, (h, w) in enumerate(sizes):
+        mask[index, :h, :w] = False
+    token_pad, grids = token_padding(mask, 4)
+    host_pad, host_grids = host_token_padding(mask, 4, sizes)
+    assert host_grids == grids == [(3, 2), (4, 4), (1, 4)]
+    assert torch.equal(host_pad, token_pad)
+    with pytest.raises(ValueError, match="image_sizes has 2 entries for a batch of 3"):
+        host_token_padding(mask, 4, sizes[:2])
+    with pytest.raises(ValueError, match=r"image_sizes\[1\]=\(17, 4\) does not fit the padded batch of 16 x 16"):
+        host_token_padding(mask, 4, [(9, 5), (17, 4), (1, 13)])
+
+
+def test_detr_gives_the_same_outputs_with_host_sizes() -> None:
+    torch.manual_seed(0)
+    model = tiny_detr(neck="simple_fpn", query_type="anchor", two_stage=True).eval()
+    images = torch.randn(2, 3, 32, 40)
+    mask = torch.ones(2, 32, 40, dtype=torch.bool)
+    mask[0, :20, :40] = False
+    mask[1, :32, :17] = False
+    with torch.no_grad():
+        read = model(images, mask)
+        given = model(images, mask, image_sizes=[(20, 40), (32, 17)])
+    torch.testing.assert_close(given["pred_logits"], read["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(given["pred_boxes"], read["pred_boxes"], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------- position encodings

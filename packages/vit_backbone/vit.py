@@ -360,6 +360,10 @@ class VisionTransformer(nn.Module):
             tokens.append(self.reg_token.expand(batch, -1, -1))
         return tokens
 
+    # Runs eagerly under torch.compile: the per-image grids are Python ints that change from batch to
+    # batch; traced, they become symbolic sizes, and torch cannot trace the backward of the
+    # antialiased bicubic resampling at symbolic sizes. Eager, it is a few small interpolations.
+    @torch.compiler.disable
     def _per_image_position_embedding(
         self, grid: tuple[int, int], valid_grids: Sequence[tuple[int, int]], reference: torch.Tensor
     ) -> torch.Tensor | None:

@@ -26,7 +26,8 @@ degenerate ones, with annotation ids renumbered when any is < 1 (pycocotools tre
 "unmatched") and ``iscrowd``/``area`` filled in where missing.
 
 `collate_detection` pads a list of items into one batch with a padding mask (True = padding,
-DETR's sign).
+DETR's sign), and adds to each target its unpadded "image_hw" as plain Python ints: device placement
+moves tensors only, so the model can size each image's token grid without reading the device.
 
 Malformed files give one-line ``ValueError``/``FileNotFoundError`` messages naming the file and
 the field. Images are decoded by `vit_training.data.read_rgb` (re-exported here).
@@ -417,7 +418,9 @@ def collate_detection(
         images: float (B, 3, H, W), each image at the top left, zeros at the bottom/right, with
             H = the batch's largest h_i and W its largest w_i, rounded up to `size_divisor`;
         pad_mask: bool (B, H, W), True on padding (DETR's sign; HF's ``pixel_mask`` is the opposite);
-        targets: the targets, unchanged (boxes stay relative to each image's own unpadded size).
+        targets: the targets (boxes stay relative to each image's own unpadded size), each with
+            "image_hw": (h_i, w_i) Python ints, its unpadded size (the host copy of "size" that
+            `DETR.forward` takes as `image_sizes`: no device read to find the token grids).
     """
     if not batch:
         raise ValueError("cannot collate an empty batch")
@@ -434,8 +437,10 @@ def collate_detection(
     width = -(-width // size_divisor) * size_divisor
     padded = images[0].new_zeros((len(images), channels, height, width))
     pad_mask = torch.ones((len(images), height, width), dtype=torch.bool)
-    for i, image in enumerate(images):
+    targets = []
+    for i, (image, target) in enumerate(batch):
         h, w = image.shape[1:]
         padded[i, :, :h, :w] = image
         pad_mask[i, :h, :w] = False
-    return padded, pad_mask, [item[1] for item in batch]
+        targets.append({**target, "image_hw": (int(h), int(w))})
+    return padded, pad_mask, targets

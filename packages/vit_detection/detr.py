@@ -50,7 +50,8 @@ from .transformer import (
     TransformerEncoderLayer,
 )
 
-__all__ = ["DETR", "Encoded", "NeckKind", "QueryKind", "build_denoising_queries", "cell_boxes", "token_padding"]
+__all__ = ["DETR", "Encoded", "NeckKind", "QueryKind", "build_denoising_queries", "cell_boxes", "host_token_padding",
+           "token_padding"]
 
 NeckKind = Literal["single", "simple_fpn"]
 QueryKind = Literal["learned", "anchor"]
@@ -88,6 +89,33 @@ def token_padding(pad_mask: torch.Tensor, patch_size: int) -> tuple[torch.Tensor
         )
     grids = [(int(h), int(w)) for h, w in zip(heights.tolist(), widths.tolist(), strict=True)]
     return ~valid, grids
+
+
+def host_token_padding(pad_mask: torch.Tensor, patch_size: int,
+                       image_sizes: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """`token_padding` from sizes known on the host: the same mask and grids, no device read.
+
+    Args:
+        pad_mask: (B, H, W) bool, True on padding pixels, made from `image_sizes` (top-left images).
+        patch_size: p.
+        image_sizes: B (h_i, w_i) unpadded sizes in pixels, Python ints.
+
+    Returns:
+        (B, ceil(H / p), ceil(W / p)) bool, True on padding tokens (a patch is valid when its
+        top-left pixel is), and the B valid grids (ceil(h_i / p), ceil(w_i / p)).
+
+    Raises:
+        ValueError: not one size per image, or a size outside the padded batch (one line).
+    """
+    batch, height, width = pad_mask.shape
+    if len(image_sizes) != batch:
+        raise ValueError(f"image_sizes has {len(image_sizes)} entries for a batch of {batch} images")
+    grids = []
+    for index, (h, w) in enumerate(image_sizes):
+        if not (0 < h <= height and 0 < w <= width):
+            raise ValueError(f"image_sizes[{index}]=({h}, {w}) does not fit the padded batch of {height} x {width}")
+        grids.append((-(-int(h) // patch_size), -(-int(w) // patch_size)))
+    return pad_mask[:, ::patch_size, ::patch_size], grids
 
 
 def cell_boxes(level_mask: torch.Tensor, cells_wide: float = 2.0) -> torch.Tensor:
@@ -401,12 +429,16 @@ class DETR(nn.Module):
         index = int(self.backbone_feature.split(".")[1])
         return self.backbone.forward_intermediates(images, [index], valid_grids=valid_grids)[0]
 
-    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None) -> Encoded:
+    def encode(self, images: torch.Tensor, pad_mask: torch.Tensor | None = None,
+               image_sizes: Sequence[tuple[int, int]] | None = None) -> Encoded:
         """Backbone, neck and encoder.
 
         Args:
             images: (B, 3, H, W), H and W multiples of the patch size.
             pad_mask: (B, H, W) bool, True on padding pixels; None when nothing is padded.
+            image_sizes: the B unpadded (h, w) in pixels as Python ints, the sizes `pad_mask` was
+                made from (`collate_detection`'s "image_hw"): the token grids come from them instead
+                of reading the mask back from the device and checking it (3 host-device syncs).
 
         Returns:
             `Encoded`: memory (B, S, d), its positional encoding (B, S, d), padding mask (B, S)
@@ -425,7 +457,10 @@ class DETR(nn.Module):
                     f"pad_mask has shape {tuple(pad_mask.shape)} but images {tuple(images.shape)} need "
                     f"{(images.shape[0], *images.shape[-2:])}"
                 )
-            token_pad, valid_grids = token_padding(pad_mask, patch)
+            if image_sizes is None:
+                token_pad, valid_grids = token_padding(pad_mask, patch)
+            else:
+                token_pad, valid_grids = host_token_padding(pad_mask, patch, image_sizes)
             if all(grid == token_pad.shape[1:] for grid in valid_grids):
                 valid_grids = None  # nothing padded at token level: the batched fast path
         feature = self._backbone_map(images, valid_grids)
@@ -449,6 +484,7 @@ class DETR(nn.Module):
         images: torch.Tensor,
         pad_mask: torch.Tensor | None = None,
         targets: Sequence[dict] | None = None,
+        image_sizes: Sequence[tuple[int, int]] | None = None,
     ) -> dict:
         """Detect.
 
@@ -457,6 +493,8 @@ class DETR(nn.Module):
             pad_mask: (B, H, W) bool, True on padding pixels; None when nothing is padded.
             targets: training targets (B dicts with "labels" (T_b,) and "boxes" (T_b, 4)
                 normalised cxcywh); only read to build denoising queries, in training mode.
+            image_sizes: optional B unpadded (h, w) in pixels as Python ints (see `encode`); the
+                training step passes them so that no device tensor is read before matching.
 
         Returns:
             "pred_logits" (B, Q, C + 1) ((B, Q, C) with sigmoid class scores), "pred_boxes" (B, Q, 4)
@@ -472,11 +510,12 @@ class DETR(nn.Module):
         from step to step, and that backend rebuilds its execution graph for every new shape.
         """
         with sdpa_without_cudnn():
-            return self._detect(images, pad_mask, targets)
+            return self._detect(images, pad_mask, targets, image_sizes)
 
-    def _detect(self, images: torch.Tensor, pad_mask: torch.Tensor | None, targets: Sequence[dict] | None) -> dict:
+    def _detect(self, images: torch.Tensor, pad_mask: torch.Tensor | None, targets: Sequence[dict] | None,
+                image_sizes: Sequence[tuple[int, int]] | None = None) -> dict:
         """`forward`'s work (same arguments and outputs)."""
-        memory, memory_pos, memory_mask, cells = self.encode(images, pad_mask)
+        memory, memory_pos, memory_mask, cells = self.encode(images, pad_mask, image_sizes)
         batch = images.shape[0]
         if self.query_type == "learned":
             query_pos = self.query_embed.weight[None].expand(batch, -1, -1)

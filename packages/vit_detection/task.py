@@ -253,7 +253,9 @@ class DetectionTask(Task):
         """DETR's weighted set loss of one batch (images (B, 3, H, W), pad_mask (B, H, W), B target dicts)
         and its logged parts as 0-d device tensors (the loop reads them only at log steps)."""
         images, pad_mask, targets = batch
-        outputs = model(images, pad_mask, targets)
+        # The collate's host copy of each image's size: the token grids need no device read.
+        sizes = [t["image_hw"] for t in targets] if all("image_hw" in t for t in targets) else None
+        outputs = model(images, pad_mask, targets, image_sizes=sizes)
         losses = self.criterion.to(images.device)(outputs, targets)
         total = self.criterion.total(losses)
         return total, {key: losses[key].detach() for key in LOGGED_LOSSES if key in losses}
