@@ -66,7 +66,9 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def expected_members() -> tuple[set[str], set[str]]:
     """The modules of every package under packages/ and every YAML under configs/, as wheel paths."""
     modules = {path.relative_to(ROOT / "packages").as_posix() for path in (ROOT / "packages").glob("vit_*/**/*.py")}
-    configs = {path.relative_to(ROOT).as_posix() for path in (ROOT / "configs").rglob("*.yaml")}
+    # configs/ installs as the package `vitasks_configs`
+    configs = {"vitasks_configs/" + path.relative_to(ROOT / "configs").as_posix()
+               for path in (ROOT / "configs").rglob("*.yaml")}
     return modules, configs
 
 
@@ -75,10 +77,13 @@ def test_the_wheel_lists_every_package_config_license_and_entry_point(wheel: Pat
     modules, configs = expected_members()
     assert {"vit_backbone/__init__.py", "vit_training/__init__.py", "vit_classification/__init__.py",
             "vit_detection/__init__.py", "vit_segmentation/__init__.py"} <= modules
-    assert len(configs) >= 10 and "configs/classification/fashion_mnist_cpu.yaml" in configs
+    assert len(configs) >= 10 and "vitasks_configs/classification/fashion_mnist_cpu.yaml" in configs
     assert modules - names == set()
     assert configs - names == set()
-    assert not any(name.startswith(("tests/", "tasks/", "benchmarks/", "examples/")) for name in names)
+    assert not any(name.startswith(("tests/", "tasks/", "benchmarks/", "examples/", "configs/")) for name in names)
+    # every folder under packages/ holding modules is a package the wheel carries (the list in
+    # pyproject.toml is explicit, so a new package must be added there)
+    assert {module.split("/")[0] for module in modules} <= {name.split("/")[0] for name in names}
     dist_info = next(name.split("/")[0] for name in names if name.endswith(".dist-info/METADATA"))
     assert f"{dist_info}/licenses/LICENSE" in names
     with zipfile.ZipFile(wheel) as archive:
@@ -105,11 +110,16 @@ def test_the_installed_wheel_runs_the_console_script_with_its_own_configs(instal
     outside.mkdir()
     python = installed / ("python.exe" if os.name == "nt" else "python")
     # everything is imported from the fresh environment, nothing from the checkout
-    where = run([str(python), "-c", "import configs, vit_training, vit_detection; "
-                 "print(vit_training.__file__); print(vit_detection.__file__); print(*configs.__path__, sep='\\n')"],
+    where = run([str(python), "-c", "import vitasks_configs, vit_training, vit_detection; "
+                 "print(vit_training.__file__); print(vit_detection.__file__); "
+                 "print(*vitasks_configs.__path__, sep='\\n')"],
                 cwd=outside, env=env).stdout.split()
     environment = installed.parent.resolve()
     assert where and all(Path(path).resolve().is_relative_to(environment) for path in where), where
+
+    # no top-level `configs` package that would shadow (or be shadowed by) a user's own
+    run([str(python), "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('configs') is not None)"],
+        cwd=outside, env=env)
 
     script = shutil.which("vitasks", path=str(installed))
     assert script is not None, f"no vitasks console script in {installed}"
@@ -119,5 +129,5 @@ def test_the_installed_wheel_runs_the_console_script_with_its_own_configs(instal
     printed = run([script, "classify", "train", "--config", "fashion_mnist_cpu", "--print-config"],
                   cwd=outside, env=env).stdout
     assert "backbone:" in printed and "fashion" in printed.lower(), printed
-    # the config it found is the installed package data (the folder `configs` resolves to above)
+    # the config it found is the installed package data (the folder `vitasks_configs` resolves to above)
     assert any((Path(path) / "classification" / "fashion_mnist_cpu.yaml").is_file() for path in where[2:])

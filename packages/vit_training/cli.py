@@ -161,7 +161,7 @@ def release_processes() -> None:
 
 # ------------------------------------------------------------------------------------------ the runner
 ENTRY_POINT_GROUP = "vitasks.tasks"  # where installed task packages register their `TaskCommands`
-SHIPPED_CONFIGS_PACKAGE = "configs"  # the repository's configs/ folder, installed as package data
+SHIPPED_CONFIGS_PACKAGE = "vitasks_configs"  # the repository's configs/ folder, installed as package data
 
 EXIT_CODES = """\
 exit status:
