@@ -360,3 +360,26 @@ def test_tiny_overfit_makes_the_loss_fall(query_type: str, dn_groups: int, two_s
         history.append(sum(criterion.weight_of(k) * losses[k].item() for k in ("loss_ce", "loss_bbox", "loss_giou")))
     assert all(torch.isfinite(torch.tensor(history)))
     assert sum(history[-5:]) / 5 < 0.6 * sum(history[:5]) / 5, history
+
+
+@pytest.mark.parametrize("neck", ["single", "simple_fpn"])
+def test_host_count_of_valid_cells_equals_the_level_masks(neck: str) -> None:
+    """`Encoded.min_valid_cells` (host arithmetic) equals the count of valid cells in the mask, odd grids included."""
+    torch.manual_seed(0)
+    model = tiny_detr(neck=neck, query_type="anchor", two_stage=True, num_queries=4).eval()
+    images = torch.randn(3, 3, 36, 44)
+    sizes = [(36, 44), (21, 13), (9, 30)]  # token grids (9, 11), (6, 4), (3, 8) at patch 4
+    mask = torch.ones(3, 36, 44, dtype=torch.bool)
+    for index, (h, w) in enumerate(sizes):
+        mask[index, :h, :w] = False
+    with torch.no_grad():
+        given = model.encode(images, mask, sizes)
+        read = model.encode(images, mask)
+        whole = model.encode(images)
+    counted = (~given.mask).sum(1)
+    assert given.min_valid_cells == read.min_valid_cells == int(counted.min())
+    for index, (h, w) in enumerate(sizes):
+        grid = (-(-h // 4), -(-w // 4))
+        assert model.neck.valid_cells(grid) == int(counted[index])
+    assert whole.min_valid_cells == whole.mask.shape[1]
+    assert tiny_detr(neck=neck).eval().encode(images, mask, sizes).min_valid_cells is None  # not two-stage

@@ -83,6 +83,16 @@ def test_detection_step_copies_to_the_host_once_for_matching(tmp_path: Path) -> 
     assert counter.count == GUARD + 1
 
 
+def test_two_stage_detection_step_checks_its_cells_on_the_host(tmp_path: Path) -> None:
+    """Two-stage query selection needs enough valid cells per image: counted from the host sizes, not the mask.
+
+    The encoder proposals are matched in their own `match_layers` call (one host copy), beside the
+    decoder layers' one.
+    """
+    counter = count_step_syncs("detection", tmp_path, "model.query_type=anchor", "model.two_stage=true")
+    assert by_site(counter) == Counter({("item", "train_step"): 1, ("cpu", "match_layers"): 2}), counter.events
+
+
 def test_detection_step_without_host_sizes_reads_the_pad_mask(tmp_path: Path) -> None:
     """A batch from another collate (no "image_hw") still trains: the grids are read from the mask."""
     case = CASES["detection"]

@@ -156,12 +156,15 @@ class Encoded(NamedTuple):
         mask: (B, S) bool, True on padding cells.
         cells: (B, S, 4) cxcywh reference box of every cell (`cell_boxes`) for two-stage
             proposals; None for a model without `two_stage` (nothing reads them).
+        min_valid_cells: the fewest valid cells of any image, when known on the host (no padded
+            token, or the sizes were given); None: count them from `mask` when needed.
     """
 
     memory: torch.Tensor
     pos: torch.Tensor
     mask: torch.Tensor
     cells: torch.Tensor | None
+    min_valid_cells: int | None = None
 
 
 def build_denoising_queries(
@@ -451,6 +454,7 @@ class DETR(nn.Module):
             grid = (-(-height // patch), -(-width // patch))  # ceil in integer ops, which a saved .pt2 can hold
             token_pad = torch.zeros(batch, *grid, dtype=torch.bool, device=images.device)
             valid_grids = None
+            host_grids: list[tuple[int, int]] = [grid]  # every image has the whole grid
         else:
             if pad_mask.shape != (images.shape[0], *images.shape[-2:]):
                 raise ValueError(
@@ -461,6 +465,7 @@ class DETR(nn.Module):
                 token_pad, valid_grids = token_padding(pad_mask, patch)
             else:
                 token_pad, valid_grids = host_token_padding(pad_mask, patch, image_sizes)
+            host_grids = valid_grids  # Python ints either way (token_padding read them)
             if all(grid == token_pad.shape[1:] for grid in valid_grids):
                 valid_grids = None  # nothing padded at token level: the batched fast path
         feature = self._backbone_map(images, valid_grids)
@@ -476,7 +481,12 @@ class DETR(nn.Module):
             if self.two_stage:
                 cells.append(cell_boxes(level_mask))
         src, pos, mask = torch.cat(sources, 1), torch.cat(positions, 1), torch.cat(masks, 1)
-        return Encoded(self.encoder(src, pos, mask), pos, mask, torch.cat(cells, 1) if cells else None)
+        # Only the two-stage selection needs it; an exported graph skips that check (symbolic sizes).
+        min_valid_cells = None
+        if self.two_stage and host_grids and not torch.compiler.is_exporting():
+            min_valid_cells = min(self.neck.valid_cells(grid) for grid in host_grids)
+        return Encoded(self.encoder(src, pos, mask), pos, mask, torch.cat(cells, 1) if cells else None,
+                       min_valid_cells)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -515,7 +525,7 @@ class DETR(nn.Module):
     def _detect(self, images: torch.Tensor, pad_mask: torch.Tensor | None, targets: Sequence[dict] | None,
                 image_sizes: Sequence[tuple[int, int]] | None = None) -> dict:
         """`forward`'s work (same arguments and outputs)."""
-        memory, memory_pos, memory_mask, cells = self.encode(images, pad_mask, image_sizes)
+        memory, memory_pos, memory_mask, cells, min_valid_cells = self.encode(images, pad_mask, image_sizes)
         batch = images.shape[0]
         if self.query_type == "learned":
             query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
@@ -526,7 +536,7 @@ class DETR(nn.Module):
         enc_outputs = None
         if self.two_stage:
             assert cells is not None  # encode() builds them for two-stage models
-            anchors, content, enc_outputs = self._select_proposals(memory, memory_mask, cells)
+            anchors, content, enc_outputs = self._select_proposals(memory, memory_mask, cells, min_valid_cells)
         else:
             anchors = self.anchor_embed.weight.sigmoid()[None].expand(batch, -1, -1)
             content = self.label_embed.weight[self.num_classes].expand(batch, self.num_queries, -1)
@@ -553,13 +563,16 @@ class DETR(nn.Module):
         return outputs
 
     def _select_proposals(
-        self, memory: torch.Tensor, memory_mask: torch.Tensor, cells: torch.Tensor
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, cells: torch.Tensor,
+        min_valid_cells: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Two-stage query selection: the Q best encoder cells become the decoder's queries.
 
         Args:
             memory: (B, S, d) encoder outputs; memory_mask: (B, S) True on padding cells;
             cells: (B, S, 4) the cells' reference boxes (cxcywh).
+            min_valid_cells: the fewest valid cells of any image if known on the host
+                (`Encoded.min_valid_cells`); None reads it from `memory_mask` (a host-device sync).
 
         Returns:
             anchors (B, Q, 4) cxcywh and content (B, Q, d), both detached (the decoder's loss
@@ -568,7 +581,12 @@ class DETR(nn.Module):
         """
         # An exported graph (torch.export, ONNX) cannot branch on tensor values; the check is for
         # padded training batches, and an exported detector takes unpadded ones (topk fails alone).
-        num_cells = self.num_queries if torch.compiler.is_exporting() else int((~memory_mask).sum(1).min())
+        if torch.compiler.is_exporting():
+            num_cells = self.num_queries
+        elif min_valid_cells is not None:
+            num_cells = min_valid_cells
+        else:
+            num_cells = int((~memory_mask).sum(1).min())
         if num_cells < self.num_queries:
             raise ValueError(
                 f"two_stage selects num_queries={self.num_queries} encoder cells but an image has only "

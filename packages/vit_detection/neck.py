@@ -63,6 +63,10 @@ class SingleScaleNeck(nn.Module):
         """(B, C, h, w) map and (B, h, w) padding mask -> [((B, hidden_dim, h, w), mask)]."""
         return [(_zero_padding(self.norm(self.proj(feature)), mask), mask)]
 
+    def valid_cells(self, grid: tuple[int, int]) -> int:
+        """Cells of the level that are not padding for an image whose valid token grid is `grid` (h, w)."""
+        return int(grid[0]) * int(grid[1])
+
 
 class SimpleFeaturePyramid(nn.Module):
     """ViTDet's simple feature pyramid from one map, padding-exact (see the module docstring).
@@ -113,6 +117,21 @@ class SimpleFeaturePyramid(nn.Module):
             self.output.append(nn.Sequential(
                 nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, bias=False), LayerNorm2d(hidden_dim)
             ))
+
+    def valid_cells(self, grid: tuple[int, int]) -> int:
+        """Cells of all levels that are not padding for an image whose valid token grid is `grid` (h, w).
+
+        The host-side count of what `forward`'s level masks leave valid: pooled levels keep a cell
+        when its top-left input cell is valid (ceil), upsampled ones repeat every valid cell.
+        """
+        height, width = int(grid[0]), int(grid[1])
+        total = 0
+        for factor in self.scale_factors:
+            if factor == 0.5:
+                total += -(-height // 2) * -(-width // 2)
+            else:
+                total += height * int(factor) * width * int(factor)
+        return total
 
     def _resample(self, index: int, x: torch.Tensor, mask: torch.Tensor) -> NeckLevel:
         factor = self.scale_factors[index]
