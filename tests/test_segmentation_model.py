@@ -241,6 +241,25 @@ def test_rotation_keeps_label_values_and_alignment() -> None:
     assert agreement.float().mean() > 0.9
 
 
+def test_elastic_deformation_moves_image_and_labels_together() -> None:
+    image, labels = square_case(64)
+    transform = build_train_transform((64, 64), rot_flip_prob=0.0, rotate_prob=0.0, elastic_prob=1.0,
+                                      elastic_alpha=60.0, elastic_sigma=4.0, interpolation="bilinear")
+    plain = build_train_transform((64, 64), rot_flip_prob=0.0, rotate_prob=0.0, interpolation="bilinear")
+    _, unchanged = plain(image, labels)
+    transform.set_seed(3)
+    out_image, out_labels = transform(image, labels)
+    assert set(np.unique(out_labels.numpy())) <= {0, 1, 2}  # nearest: no invented classes
+    assert (out_labels != unchanged).any()  # it did deform
+    agreement = (out_image[0] * 2).round().long() == out_labels
+    assert agreement.float().mean() > 0.95  # the same field moved both
+    transform.set_seed(3)
+    again = transform(image, labels)
+    torch.testing.assert_close(again[1], out_labels)  # seeded like every other step
+    with pytest.raises(ValueError, match="elastic_prob=1.5 is not a probability"):
+        build_train_transform((32, 32), elastic_prob=1.5)
+
+
 def test_same_seed_same_sample_and_eval_is_resize_only() -> None:
     image = np.random.default_rng(0).random((40, 30), dtype=np.float32)
     labels = (image > 0.5).astype(np.int64)

@@ -228,6 +228,9 @@ class AugmentConfig:
         rotate_prob: probability of the small rotation / scaling.
         rotate_limit: rotation range ±degrees.
         scale: zoom range of that same affine step ([1, 1] = none).
+        elastic_prob: probability of an elastic deformation of the slice and its labels (0 = off).
+        elastic_alpha: its displacement scale, px per unit of the smoothed N(0, 1) noise.
+        elastic_sigma: the Gaussian smoothing of the displacements, px (larger = smoother).
     """
 
     rot_flip_prob: float = 0.5
@@ -236,10 +239,15 @@ class AugmentConfig:
     rotate_prob: float = 0.5
     rotate_limit: float = 20.0
     scale: tuple[float, float] = (1.0, 1.0)
+    elastic_prob: float = 0.0
+    elastic_alpha: float = 50.0
+    elastic_sigma: float = 5.0
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("rot_flip_prob", "rotate_prob"):
+        _check(self.elastic_alpha > 0 and self.elastic_sigma > 0,
+               f"elastic_alpha={self.elastic_alpha} and elastic_sigma={self.elastic_sigma} must be > 0")
+        for name in ("rot_flip_prob", "rotate_prob", "elastic_prob"):
             value = getattr(self, name)
             _check(0 <= value <= 1, f"{name}={value} must lie in [0, 1]")
         _check(0 <= self.rotate_limit <= 180, f"rotate_limit={self.rotate_limit} must lie in [0, 180]")

@@ -370,7 +370,8 @@ class SegmentationTask(Task):
         return build_train_transform(
             data.input_size, rot_flip_prob=augment.rot_flip_prob, rot90=augment.rot90,
             flip_axis=augment.flip_axis, rotate_prob=augment.rotate_prob, rotate_limit=augment.rotate_limit,
-            scale=tuple(augment.scale), interpolation=data.interpolation,
+            scale=tuple(augment.scale), interpolation=data.interpolation, elastic_prob=augment.elastic_prob,
+            elastic_alpha=augment.elastic_alpha, elastic_sigma=augment.elastic_sigma,
         )
 
     def eval_transform(self) -> SliceTransform:

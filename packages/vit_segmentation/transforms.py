@@ -10,6 +10,9 @@ Training (`build_train_transform`, TransUNet's `RandomGenerator` plus an optiona
                           TransUNet's, or of a chosen one)
     with p=rotate_prob:   rotation by U(-limit, limit) degrees and zoom by U(scale) (image bilinear,
                           labels nearest, zeros outside)
+    with p=elastic_prob:  elastic deformation (Simard et al.): per-pixel displacements drawn from
+                          N(0, 1), smoothed by a Gaussian of elastic_sigma px, times elastic_alpha
+                          (image bilinear, labels nearest); off by default
     resize to (h, w):     image bicubic / bilinear, labels nearest
 Evaluation (`build_eval_transform`): the resize only.
 
@@ -171,6 +174,9 @@ def build_train_transform(
     scale: tuple[float, float] = (1.0, 1.0),
     interpolation: Interpolation = "bicubic",
     seed: int | None = None,
+    elastic_prob: float = 0.0,
+    elastic_alpha: float = 50.0,
+    elastic_sigma: float = 5.0,
 ) -> SliceTransform:
     """TransUNet's training augmentation (rot90 + flip, small rotation) with optional zoom, then resize.
 
@@ -187,12 +193,16 @@ def build_train_transform(
         scale: zoom factor range of the rotation step.
         interpolation: the final resize of the image (labels: nearest).
         seed: seeds albumentations' generators (None: fresh entropy); see `SliceTransform.set_seed`.
+        elastic_prob: probability of an elastic deformation (at the slice's own resolution,
+            before the resize); 0 = never.
+        elastic_alpha: its displacement scale (px per unit of the smoothed noise).
+        elastic_sigma: the Gaussian smoothing of the displacement field, px (larger: smoother).
 
     Returns:
         (float (H, W), int (H, W)) -> (float32 (1, h, w), int64 (h, w)).
     """
     size = _size_hw(input_size)
-    for name, value in (("rot_flip_prob", rot_flip_prob), ("rotate_prob", rotate_prob)):
+    for name, value in (("rot_flip_prob", rot_flip_prob), ("rotate_prob", rotate_prob), ("elastic_prob", elastic_prob)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name}={value} is not a probability")
     if not 0 < scale[0] <= scale[1]:
@@ -213,6 +223,12 @@ def build_train_transform(
         steps.append(A.Affine(rotate=(-rotate_limit, rotate_limit), scale=tuple(scale),
                               interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                               border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=rotate_prob))
+    if elastic_prob > 0:
+        if not (elastic_alpha > 0 and elastic_sigma > 0):
+            raise ValueError(f"elastic_alpha={elastic_alpha} and elastic_sigma={elastic_sigma} must be > 0")
+        steps.append(A.ElasticTransform(alpha=elastic_alpha, sigma=elastic_sigma, interpolation=cv2.INTER_LINEAR,
+                                        mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+                                        fill=0, fill_mask=0, p=elastic_prob))
     steps.append(_resize(size, interpolation))
     return SliceTransform(A.Compose(steps, seed=seed), size)
 
