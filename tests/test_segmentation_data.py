@@ -464,6 +464,23 @@ def test_prepared_lobes_read_back_by_every_loader(lobes: tuple[Path, dict]) -> N
 
 
 @needs_templates
+@pytest.mark.parametrize("name", ["mri_lobes_cpu", "mri_lobes_20min"])
+def test_lobe_recipes_read_a_nifti_scan_as_prepare_wrote_it(lobes: tuple[Path, dict], name: str) -> None:
+    """`segment predict scan.nii.gz` with a lobe run normalises the MRI as the slices it trained on (not a CT window)."""
+    from vit_segmentation.config import SegmentationConfig
+    from vit_segmentation.task import nifti_read_options
+    from vit_training.config import load_config
+
+    root, _ = lobes
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "segmentation" / f"{name}.yaml"
+    config = load_config(SegmentationConfig, shipped, [f"data.root={root}"])
+    (test_volume,) = SynapseVolumeDataset(root)
+    image, label = (root / "imagesTr/case0002.nii.gz"), (root / "labelsTr/case0002.nii.gz")
+    scan = read_nifti_volume(image, label, num_classes=9, **nifti_read_options(config))
+    np.testing.assert_array_equal(scan.image, test_volume.image)
+
+
+@needs_templates
 def test_prepare_reruns_and_refuses_foreign_folders(lobes: tuple[Path, dict], tmp_path: Path) -> None:
     root, summary = lobes
     stale = root.parent / f".{root.name}.partial-interrupted"
