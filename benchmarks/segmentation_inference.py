@@ -11,7 +11,10 @@ and predicts every volume with the same weights in each inference setting:
     ``--overlap``, Gaussian blending (`vit_segmentation.inference`);
   * ``sliding_window + TTA``;
   * ``+lcc`` after any of them (``resize+tta+lcc``): each foreground class kept as its largest
-    3D connected component (``eval.largest_component: true``), timed with the prediction.
+    3D connected component (``eval.largest_component: true``), timed with the prediction;
+  * ``+prob`` after ``resize`` (``resize+prob+tta``): the softmax resized back bilinearly and the
+    argmax taken at the slice's own size (``eval.resize_back: probabilities``) instead of the
+    labels resized back with nearest neighbours.
 
 Dice and HD95 are computed at the volumes' native resolution (the label grid), per case and class
 (`metrics.case_metrics`), in the TransUNet convention (HD95 in voxels) and the standard one (HD95
@@ -80,11 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for mode in args.modes:
         base, *extras = mode.split("+")
-        if base not in ("resize", "sliding_window") or not set(extras) <= {"tta", "lcc"}:
-            print(f"--modes: unknown setting {mode!r}, expected resize or sliding_window, then +tta and/or +lcc "
-                  "(e.g. resize+tta+lcc)", file=sys.stderr)
+        if (base not in ("resize", "sliding_window") or not set(extras) <= {"tta", "lcc", "prob"}
+                or (base == "sliding_window" and "prob" in extras)):
+            print(f"--modes: unknown setting {mode!r}, expected resize or sliding_window, then +tta and/or +lcc, "
+                  "+prob after resize only (e.g. resize+prob+tta+lcc)", file=sys.stderr)
             return 2
-        options = {"inference": base, "window_overlap": args.overlap, "window_batch_size": args.window_batch_size,
+        options = {"inference": base, "resize_back": "probabilities" if "prob" in extras else "labels",
+                   "window_overlap": args.overlap, "window_batch_size": args.window_batch_size,
                    "tta_flips": flips if "tta" in extras else False, "largest_component": "lcc" in extras}
         seconds, results = [], {"transunet": ([], []), "standard": ([], [])}
         for volume in volumes:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for mode, summaries, seconds in rows:
-        label = mode.replace("+tta", " + TTA").replace("+lcc", " + LCC") + (
+        label = mode.replace("+prob", " + prob").replace("+tta", " + TTA").replace("+lcc", " + LCC") + (
             f" ({args.overlap:g})" if mode.startswith("sliding") else "")
         t, s = summaries["transunet"], summaries["standard"]
         print(f"{label:<28}{t['mean_dice']:>10.4f}{t['mean_hd95']:>12.2f}{s['mean_dice']:>10.4f}"

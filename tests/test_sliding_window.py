@@ -20,6 +20,7 @@ from vit_segmentation.inference import (
     window_starts,
 )
 from vit_segmentation.task import predict_volume
+from vit_segmentation.transforms import resize_image
 from vit_training.config import ConfigError, load_config
 
 
@@ -195,6 +196,60 @@ def test_predict_volume_sliding_window_is_full_resolution_blending() -> None:
     assert predict_volume(two, stacked, (16, 16), "bilinear").shape == (5, 30, 41)
 
 
+class _Threshold(nn.Module):
+    """Two logits per pixel, background 0 and foreground 8 * (image - 0.5): a 'model' that
+    segments a bright shape exactly at its own resolution, whatever the resolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x[:, :1]), 8.0 * (x[:, :1] - 0.5)], dim=1)
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    return 2.0 * float((prediction & truth).sum()) / float(prediction.sum() + truth.sum())
+
+
+def test_resize_back_probabilities_keeps_boundaries_the_labels_lose() -> None:
+    # Smooth ellipses on a 90 x 217 slice (the MRI-lobe size) predicted at 32 x 80: the argmax resized back
+    # with nearest neighbours has 2.8-pixel stairs; the softmax resized back bilinearly follows the
+    # smooth boundary the low-resolution image still encodes.
+    rows, cols = np.mgrid[0:90, 0:217]
+    radius2 = np.stack([((rows - 45 - 3 * k) / 30.5) ** 2 + ((cols - 100 - 5 * k) / 70.3) ** 2 for k in range(3)])
+    truth = radius2 < 1
+    image = np.clip(1.5 - radius2, 0.0, 1.0).astype(np.float32)  # smooth; 0.5 on the boundary
+    labels = predict_volume(_Threshold(), image, (32, 80), "bilinear", 2, resize_back="labels")
+    probabilities = predict_volume(_Threshold(), image, (32, 80), "bilinear", 2, resize_back="probabilities")
+    assert labels.shape == probabilities.shape == truth.shape and probabilities.dtype == np.uint8
+    dice_labels = np.mean([_dice(labels[k] == 1, truth[k]) for k in range(3)])
+    dice_probabilities = np.mean([_dice(probabilities[k] == 1, truth[k]) for k in range(3)])
+    assert dice_probabilities > 0.99 > dice_labels + 0.005, (dice_probabilities, dice_labels)
+    # The same with test-time flips: averaged probabilities are resized, not labels.
+    flipped = predict_volume(_Threshold(), image, (32, 80), "bilinear", 2, resize_back="probabilities",
+                             tta_flips=["height"])
+    assert np.mean([_dice(flipped[k] == 1, truth[k]) for k in range(3)]) > 0.99
+
+
+def test_resize_back_is_the_labels_at_the_training_size_and_the_bilinear_softmax() -> None:
+    model = _conv_model(seed=3)
+    volume = np.random.default_rng(2).normal(size=(4, 24, 40)).astype(np.float32)
+    # At the training size itself nothing is resized: both ways are the plain argmax.
+    same = [predict_volume(model, volume, (24, 40), "bilinear", 3, resize_back=mode)
+            for mode in ("labels", "probabilities")]
+    np.testing.assert_array_equal(same[0], same[1])
+    with torch.no_grad():
+        np.testing.assert_array_equal(same[0], model(torch.from_numpy(volume)[:, None]).argmax(1).numpy())
+    # Upsampled 2x: the argmax of the softmax, resized by torch's pixel-centre bilinear.
+    small = volume[:, ::2, ::2].copy()
+    labels = predict_volume(model, small, (24, 40), "bilinear", 3, resize_back="probabilities")
+    assert labels.shape == (4, 12, 20)
+    inputs = torch.from_numpy(np.stack([resize_image(s, (24, 40), "bilinear") for s in small]))[:, None]
+    with torch.no_grad():
+        softmax = model(inputs).softmax(1)
+    expected = torch.nn.functional.interpolate(softmax, size=(12, 20), mode="bilinear", align_corners=False)
+    np.testing.assert_array_equal(labels, expected.argmax(1).numpy())
+    with pytest.raises(ValueError, match="resize_back='nearest' is not one of labels, probabilities"):
+        predict_volume(model, volume, (24, 40), resize_back="nearest")
+
+
 def test_eval_config_checks_the_inference_keys(tmp_path) -> None:
     from vit_segmentation.config import SegmentationConfig
 
@@ -206,6 +261,7 @@ def test_eval_config_checks_the_inference_keys(tmp_path) -> None:
         ("eval.window_overlap=1.0", "eval.window_overlap=1.0 must lie in"),
         ("eval.window_batch_size=0", "eval.window_batch_size=0 must be >= 1"),
         ("eval.tta_flips=[depth]", "unknown axis 'depth'"),
+        ("eval.resize_back=logits", "eval.resize_back"),
     ):
         with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
             load_config(SegmentationConfig, None, [override])

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from vit_backbone import BackboneConfig
 from vit_training import OptimizerConfig, ScheduleConfig, TrainConfig, check_choices
 
-from .inference import InferenceMode, flip_combinations, largest_component_classes
+from .inference import InferenceMode, ResizeBack, flip_combinations, largest_component_classes
 
 DataFormat = Literal["synapse", "nifti"]
 Modality = Literal["ct", "mr"]
@@ -288,6 +288,11 @@ class EvalConfig:
         inference: how a slice is predicted (`vit_segmentation.inference`): ``"resize"`` to
             `data.input_size` and the labels back (TransUNet), or ``"sliding_window"``: windows of
             `data.input_size` at the slice's own resolution, blended with a Gaussian weight.
+        resize_back: how ``resize`` returns to the slice's size: ``"labels"`` (the argmax at
+            `data.input_size`, resized back with nearest neighbours, as TransUNet) or
+            ``"probabilities"`` (the softmax resized back bilinearly and the argmax taken at the
+            slice's own resolution, as nnU-Net and MONAI resample predictions: smoother boundaries
+            at no training cost).
         window_overlap: fraction of a window shared with its neighbour along each axis, in [0, 1)
             (``sliding_window`` only; 0.5 as MONAI's and nnU-Net's usual choice).
         window_batch_size: windows per forward pass (``sliding_window`` only).
@@ -307,6 +312,7 @@ class EvalConfig:
     slice_batch_size: int = 16
     overlay_slices: int = 4
     inference: InferenceMode = "resize"
+    resize_back: ResizeBack = "labels"
     window_overlap: float = 0.5
     window_batch_size: int = 32
     tta_flips: Any = False
@@ -327,6 +333,7 @@ class EvalConfig:
         """The keyword arguments of `task.predict_volume` that choose how slices are predicted."""
         return {
             "inference": self.inference,
+            "resize_back": self.resize_back,
             "window_overlap": self.window_overlap,
             "window_batch_size": self.window_batch_size,
             "tta_flips": self.tta_flips,

@@ -43,6 +43,8 @@ __all__ = [
     "FLIP_AXES",
     "INFERENCE_MODES",
     "InferenceMode",
+    "RESIZE_BACK_MODES",
+    "ResizeBack",
     "flip_combinations",
     "gaussian_importance_map",
     "keep_largest_component",
@@ -54,6 +56,11 @@ __all__ = [
 
 InferenceMode = Literal["resize", "sliding_window"]
 INFERENCE_MODES: tuple[str, ...] = ("resize", "sliding_window")
+# How `resize` inference returns to the slice's own size: the argmax labels with nearest neighbours
+# (TransUNet's test_single_volume) or the class probabilities, bilinear, argmax at full size (what
+# nnU-Net and MONAI do when they resample a prediction back to the image's grid).
+ResizeBack = Literal["labels", "probabilities"]
+RESIZE_BACK_MODES: tuple[str, ...] = ("labels", "probabilities")
 
 # Axis names of a slice as the configs spell them (augment.flip_axis uses the same words).
 FLIP_AXES: dict[str, int] = {"height": 0, "width": 1}

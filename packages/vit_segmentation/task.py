@@ -27,6 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from vit_training.config import ConfigError
@@ -51,7 +52,9 @@ from .data import (
 )
 from .inference import (
     INFERENCE_MODES,
+    RESIZE_BACK_MODES,
     InferenceMode,
+    ResizeBack,
     flip_combinations,
     keep_largest_component,
     largest_component_classes,
@@ -251,6 +254,7 @@ def predict_volume(
     batch_size: int = 16,
     *,
     inference: InferenceMode = "resize",
+    resize_back: ResizeBack = "labels",
     window_overlap: float = 0.5,
     window_batch_size: int = 32,
     tta_flips: Any = False,
@@ -259,8 +263,10 @@ def predict_volume(
     """Segment a volume slice by slice, resized as TransUNet's `test_single_volume` or with sliding windows.
 
     ``inference="resize"``: each slice is resized to `input_size` (the training size), a batch of
-    slices goes through the model, the argmax over classes is resized back to the slice size with
-    nearest neighbours. ``"sliding_window"``: windows of `input_size` at the slice's own
+    slices goes through the model, and either the argmax over classes is resized back to the slice
+    size with nearest neighbours (``resize_back="labels"``, TransUNet) or the softmax is resized
+    back bilinearly (pixel centres, as the image was resized) and the argmax taken at the slice size
+    (``"probabilities"``, nnU-Net's and MONAI's way). ``"sliding_window"``: windows of `input_size` at the slice's own
     resolution, their softmax blended with a Gaussian weight (`inference.sliding_window_predict`),
     argmax at full resolution. `tta_flips` averages the softmax over flipped slices in either mode.
     The model runs on the device of its parameters, in whatever autocast context the caller set.
@@ -273,6 +279,7 @@ def predict_volume(
         interpolation: image resize of ``"resize"``, "bicubic" or "bilinear".
         batch_size: slices per forward pass (per blended group of windows for sliding windows).
         inference: ``"resize"`` or ``"sliding_window"`` (`EvalConfig.inference`).
+        resize_back: ``"labels"`` or ``"probabilities"`` (`EvalConfig.resize_back`; ``resize`` only).
         window_overlap: fraction of a window shared with its neighbour, in [0, 1).
         window_batch_size: windows per forward pass.
         tta_flips: test-time flips (`EvalConfig.tta_flips`: false, true or a list of axis names).
@@ -284,6 +291,8 @@ def predict_volume(
     """
     if inference not in INFERENCE_MODES:
         raise ValueError(f"inference={inference!r} is not one of {', '.join(INFERENCE_MODES)}")
+    if resize_back not in RESIZE_BACK_MODES:
+        raise ValueError(f"resize_back={resize_back!r} is not one of {', '.join(RESIZE_BACK_MODES)}")
     flips = flip_combinations(tta_flips)
     image = np.asarray(image, dtype=np.float32)
     if image.ndim not in (2, 3, 4):
@@ -297,7 +306,7 @@ def predict_volume(
     net = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = net.training
     net.eval()
-    device = next(net.parameters()).device
+    device = next(net.parameters(), torch.empty(0)).device  # a model without parameters runs on the CPU
     num_slices, _, height, width = volume.shape
 
     def probabilities(images: torch.Tensor) -> torch.Tensor:
@@ -313,7 +322,12 @@ def predict_volume(
             ])
             images = torch.from_numpy(chunk).to(device)
             # Without flips: argmax of the logits = argmax of the softmax TransUNet takes first.
-            scores = net(images) if flips == [()] else predict_with_flips(probabilities, images, flips)
+            if resize_back == "probabilities":
+                scores = predict_with_flips(probabilities, images, flips)  # (B, C, h, w) softmax
+                # Bilinear with pixel centres (align_corners=False): OpenCV's geometry of resize_image.
+                scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
+            else:
+                scores = net(images) if flips == [()] else predict_with_flips(probabilities, images, flips)
         else:
             images = torch.from_numpy(np.ascontiguousarray(volume[start:stop])).to(device)
 
