@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         for volume in volumes:
             start = time.perf_counter()
             labels = predict_volume(model, volume.image, config.data.input_size, config.data.interpolation,
-                                    config.eval.slice_batch_size, **options)
+                                    config.eval.slice_batch_size, context_slices=config.data.context_slices,
+                                    **options)
             seconds.append(time.perf_counter() - start)
             for metric_mode, (dice_rows, hd_rows) in results.items():
                 dice, hd95 = case_metrics(labels, volume.label, task.num_classes, mode=metric_mode,

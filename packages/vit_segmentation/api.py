@@ -95,7 +95,7 @@ class Segmenter(Predictor, pipeline_tag="image-segmentation"):
                 "interpolation": data.interpolation, "channels": len(data.channels) if data.channels else 1,
                 "channel_names": list(data.channels) if data.channels else None,
                 "normalization": list(data.normalization) if data.normalization else None,
-                "orientation": data.orientation,
+                "orientation": data.orientation, "context_slices": data.context_slices,
                 "target_spacing": list(data.target_spacing) if data.target_spacing is not None else None,
                 "image_range": [0.0, 1.0],
                 "num_classes": self.config.model.num_classes, "class_names": ["background", *self.class_names]}

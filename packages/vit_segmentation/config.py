@@ -138,6 +138,12 @@ class DataConfig:
             ``<case>_0001``, ... (or the 4th dimension of one MSD file); null reads
             ``channel_names`` / ``modality`` of ``root/dataset.json``, else one channel.
             `model.backbone.in_chans` follows their count.
+        context_slices: 2.5D input: k neighbouring slices on each side of a slice join it as extra
+            input channels (channel-major: each channel's slices z-k .. z+k), so the 2D model
+            sees the through-plane shape. Slices beyond the volume's ends repeat its first / last
+            slice; a Synapse training slice's neighbours are the files ``<case>_slice<NNN±d>.npz``
+            of ``train_npz/`` (a missing one is replaced by the nearest slice towards the centre).
+            `model.backbone.in_chans` follows: channels x (2k + 1). 0 (default) = plain 2D slices.
         normalization: NIfTI only: the intensity normalisation of each channel, in order:
             ``ct`` (`ct_window`), ``mr`` (`mr_percentiles`) or ``zscore`` (mean / std of the
             nonzero voxels); one entry applies to all; null uses `modality` for every channel.
@@ -167,6 +173,7 @@ class DataConfig:
     target_spacing: list[float] | None = None
     channels: list[str] | None = None
     normalization: list[Normalization] | None = None
+    context_slices: int = 0
     ct_window: tuple[float, float] = (-125.0, 275.0)
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     skip_empty_slices: bool = False
@@ -179,6 +186,8 @@ class DataConfig:
             f"input_size={list(self.input_size)} must be [height, width] in pixels",
         )
         _check(self.axis in (0, 1, 2), f"axis={self.axis} must be 0, 1 or 2")
+        _check(self.context_slices >= 0,
+               f"context_slices={self.context_slices} must be >= 0 (neighbouring slices on each side; 0 = 2D)")
         code = str(self.orientation).upper()
         _check(
             code == "NONE" or (len(code) == 3 and all(c in _AXIS_OF_LETTER for c in code)

@@ -85,6 +85,7 @@ __all__ = [
     "normalize_zscore",
     "read_dataset_json",
     "resample",
+    "stack_context_slices",
     "check_label_values",
     "check_nifti_header",
     "check_slice_header",
@@ -426,6 +427,31 @@ def _missing_files(paths: Sequence[Path], what: str, list_path: Path) -> None:
         raise FileNotFoundError(f"{missing[0]}: {what} named in {list_path} not found{more}")
 
 
+def stack_context_slices(volume: np.ndarray, context_slices: int) -> np.ndarray:
+    """2.5D input: every slice with its `context_slices` neighbours on each side as channels.
+
+    Args:
+        volume: (S, C, H, W) slices of C channels.
+        context_slices: k >= 0; slices beyond either end repeat the first / last slice.
+
+    Returns:
+        (S, C * (2k + 1), H, W), channel-major: channel c of slice z holds input channels
+        ``c * (2k + 1) .. c * (2k + 1) + 2k`` = slices z-k .. z+k. k = 0 returns `volume` itself.
+    """
+    if context_slices == 0:
+        return volume
+    if volume.ndim != 4:
+        raise ValueError(f"expected slices (S, C, H, W), got shape {volume.shape}")
+    count = volume.shape[0]
+    offsets = np.arange(-context_slices, context_slices + 1)
+    neighbours = np.clip(np.arange(count)[:, None] + offsets[None, :], 0, count - 1)  # (S, 2k + 1)
+    stacked = volume[neighbours]  # (S, 2k + 1, C, H, W)
+    return np.ascontiguousarray(stacked.transpose(0, 2, 1, 3, 4).reshape(count, -1, *volume.shape[2:]))
+
+
+_SLICE_NAME = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
+
+
 class SynapseSliceDataset(Dataset):
     """Training slices in TransUNet's Synapse layout: ``root/train_npz/<name>.npz``.
 
@@ -438,6 +464,11 @@ class SynapseSliceDataset(Dataset):
         num_classes: C, background included; labels are checked against it on every read.
         list_dir: the folder of the list files; default ``root/lists``.
         transform: optional callable applied to each ``(image, label)`` pair.
+        context_slices: k > 0 adds the images of the slices ``<case>_slice<NNN-k>`` ..
+            ``<case>_slice<NNN+k>`` (same zero padding of NNN) of ``train_npz/`` as channels:
+            image (2k + 1, H, W), `stack_context_slices`' order. A neighbour that has no file (the
+            ends of the volume, or slices left out when the set was written) is replaced by the
+            nearest one towards the centre slice; the list's names must then end in ``_sliceNNN``.
     """
 
     def __init__(
@@ -447,21 +478,59 @@ class SynapseSliceDataset(Dataset):
         num_classes: int = 9,
         list_dir: str | Path | None = None,
         transform: SliceTransform | None = None,
+        context_slices: int = 0,
     ) -> None:
         self.root = Path(root)
         self.num_classes = int(num_classes)
         self.transform = transform
+        self.context_slices = int(context_slices)
         list_path = _list_path(self.root, list_dir, list_file)
         self.names: list[str] = read_list(list_path)
         self.paths: list[Path] = [self.root / "train_npz" / f"{name}.npz" for name in self.names]
         _missing_files(self.paths, "slice", list_path)
+        if self.context_slices:
+            bad = [name for name in self.names if not _SLICE_NAME.match(name)]
+            if bad:
+                raise ValueError(f"{list_path}: slice name {bad[0]!r} does not end in _slice<number>; "
+                                 "data.context_slices finds a slice's neighbours by that number")
+
+    def _neighbour_paths(self, index: int) -> list[Path]:
+        """The files of slice `index`'s context, z-k .. z+k (a missing one -> the nearest towards z)."""
+        match = _SLICE_NAME.match(self.names[index])
+        assert match is not None  # checked in __init__
+        case, digits = match["case"], match["index"]
+        centre = int(digits)
+        paths = []
+        for offset in range(-self.context_slices, self.context_slices + 1):
+            step = -1 if offset > 0 else 1
+            while offset != 0:
+                path = self.root / "train_npz" / f"{case}_slice{centre + offset:0{len(digits)}d}.npz"
+                if centre + offset >= 0 and path.is_file():
+                    break
+                offset += step
+            paths.append(self.paths[index] if offset == 0 else path)
+        return paths
 
     def __len__(self) -> int:
         return len(self.names)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The checked ``(image float32 (H, W), label int64 (H, W))`` of one slice, no transform."""
-        path = self.paths[index]
+        """The checked ``(image float32 (H, W), label int64 (H, W))`` of one slice, no transform
+        (image (2k + 1, H, W) with `context_slices` k > 0)."""
+        image, label = self._read_file(self.paths[index])
+        if not self.context_slices:
+            return image, label
+        images = []
+        for path in self._neighbour_paths(index):
+            neighbour = image if path == self.paths[index] else self._read_file(path)[0]
+            if neighbour.shape != image.shape:
+                raise ValueError(f"{path}: shape {neighbour.shape}, but its neighbour {self.paths[index]} is "
+                                 f"{image.shape}; data.context_slices stacks slices of one shape")
+            images.append(neighbour)
+        return np.stack(images), label
+
+    def _read_file(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """One slice file's checked image float32 (H, W) and label int64 (H, W)."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 if not hasattr(data, "files"):
@@ -1145,6 +1214,8 @@ class NiftiSliceDataset(Dataset):
         mr_percentiles: percentile window for MR.
         skip_empty: drop slices whose label is all background.
         transform: optional callable applied to each ``(image, label)`` pair.
+        context_slices: k > 0 gives each slice's image with its k neighbours on each side as
+            channels, (C * (2k + 1), H, W) (`stack_context_slices`).
         **read_options: `read_nifti_volume`'s keyword-only options (orientation, target_spacing,
             normalization, channels).
     """
@@ -1159,10 +1230,12 @@ class NiftiSliceDataset(Dataset):
         mr_percentiles: tuple[float, float] = DEFAULT_MR_PERCENTILES,
         skip_empty: bool = False,
         transform: SliceTransform | None = None,
+        context_slices: int = 0,
         **read_options: Any,
     ) -> None:
         self.num_classes = int(num_classes)
         self.transform = transform
+        self.context_slices = int(context_slices)
         self.volumes: list[Volume] = []
         self.index: list[tuple[int, int]] = []  # (volume, slice) per item
         self.names: list[str] = []
@@ -1201,7 +1274,14 @@ class NiftiSliceDataset(Dataset):
         volume_index, z = self.index[index]
         volume = self.volumes[volume_index]
         assert volume.label is not None
-        image, label = volume.image[z].copy(), volume.label[z].copy()
+        if self.context_slices:
+            slices = volume.image if volume.image.ndim == 4 else volume.image[:, None]  # (S, C, H, W)
+            neighbours = np.clip(np.arange(z - self.context_slices, z + self.context_slices + 1), 0, len(slices) - 1)
+            # (2k + 1, C, H, W) -> (C * (2k + 1), H, W), channel-major as stack_context_slices orders them.
+            image = np.ascontiguousarray(slices[neighbours].transpose(1, 0, 2, 3).reshape(-1, *slices.shape[2:]))
+        else:
+            image = volume.image[z].copy()
+        label = volume.label[z].copy()
         return self.transform(image, label) if self.transform is not None else (image, label)
 
 

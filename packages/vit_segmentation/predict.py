@@ -151,7 +151,7 @@ def segment_slice(model: torch.nn.Module, image: np.ndarray, config: Segmentatio
     """
     data = config.data
     return predict_volume(model, image, data.input_size, data.interpolation, config.eval.slice_batch_size,
-                          **config.eval.inference_options())
+                          context_slices=data.context_slices, **config.eval.inference_options())
 
 
 def _predict_one(model: torch.nn.Module, item: Path | tuple[Path, ...], config: SegmentationConfig,

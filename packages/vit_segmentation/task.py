@@ -48,6 +48,7 @@ from .data import (
     check_slice_header,
     find_nifti_cases,
     read_dataset_json,
+    stack_context_slices,
     write_nifti_labels,
 )
 from .inference import (
@@ -137,13 +138,17 @@ def _apply_dataset_json(config: SegmentationConfig) -> SegmentationConfig:
     if data.normalization is not None and len(data.normalization) not in (1, count):
         raise ConfigError(f"data.normalization={list(data.normalization)} must have one entry or one per channel "
                           f"({count}: {list(data.channels or [])})")
-    if count > 1:
+    inputs = count * (2 * data.context_slices + 1)  # model input channels: each channel's 2k + 1 slices
+    if inputs > 1:
         in_chans = model.backbone.in_chans
         if in_chans is None:
-            model = dataclasses.replace(model, backbone=dataclasses.replace(model.backbone, in_chans=count))
-        elif in_chans != count:
-            raise ConfigError(f"model.backbone.in_chans={in_chans}, but data.channels names {count} channels "
-                              f"({', '.join(data.channels or [])}); set in_chans={count} or null")
+            model = dataclasses.replace(model, backbone=dataclasses.replace(model.backbone, in_chans=inputs))
+        elif in_chans != inputs:
+            what = (f"data.channels names {count} channels ({', '.join(data.channels or [])})" if count > 1 else
+                    "the slices have 1 channel")
+            if data.context_slices:
+                what += f" and data.context_slices={data.context_slices} adds {2 * data.context_slices} slices to each"
+            raise ConfigError(f"model.backbone.in_chans={in_chans}, but {what}; set in_chans={inputs} or null")
     return dataclasses.replace(config, data=data, model=model)
 
 
@@ -259,6 +264,7 @@ def predict_volume(
     window_batch_size: int = 32,
     tta_flips: Any = False,
     largest_component: Any = False,
+    context_slices: int = 0,
 ) -> np.ndarray:
     """Segment a volume slice by slice, resized as TransUNet's `test_single_volume` or with sliding windows.
 
@@ -285,6 +291,8 @@ def predict_volume(
         tta_flips: test-time flips (`EvalConfig.tta_flips`: false, true or a list of axis names).
         largest_component: classes reduced to their largest connected component over the whole
             volume (`EvalConfig.largest_component`: false, true or a list of class values).
+        context_slices: k neighbouring slices on each side stacked as input channels
+            (`DataConfig.context_slices`, `data.stack_context_slices`); the model takes C_in x (2k + 1).
 
     Returns:
         labels (S, H, W) (or (H, W) for a 2D input), uint8 (uint16 above 256 classes).
@@ -303,6 +311,7 @@ def predict_volume(
     volume = volume[:, None] if volume.ndim == 3 else volume  # (S, C_in, H, W)
     if volume.shape[0] == 0:
         raise ValueError(f"the volume has no slices (shape {image.shape})")
+    volume = stack_context_slices(volume, context_slices)  # (S, C_in * (2k + 1), H, W)
     net = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = net.training
     net.eval()
@@ -455,7 +464,8 @@ class SegmentationTask(Task):
         skip = data.on_bad_sample == "skip"
         if data.format == "synapse":
             source: Dataset = SynapseSliceDataset(self._root(), list_file=data.train_list,
-                                                  num_classes=self.num_classes, list_dir=data.list_dir)
+                                                  num_classes=self.num_classes, list_dir=data.list_dir,
+                                                  context_slices=data.context_slices)
             names = [str(path) for path in source.paths]
             skipped = self._handle(find_bad_files(names, lambda i: check_slice_header(names[i])), len(names))
             if skipped:
@@ -471,7 +481,8 @@ class SegmentationTask(Task):
             problems = find_bad_files(names, lambda i: check_nifti_header(train[i][1], train[i][2], channels))
             skipped = self._handle(problems, len(names))
             train = [case for case, name in zip(train, names, strict=True) if name not in skipped]
-            source = NiftiSliceDataset(train, skip_empty=data.skip_empty_slices, **self._nifti_args())
+            source = NiftiSliceDataset(train, skip_empty=data.skip_empty_slices, context_slices=data.context_slices,
+                                       **self._nifti_args())
         return AugmentedSlices(source, self.train_transform(), seed=self.config.train.seed, skip_unreadable=skip)
 
     def _handle(self, problems: list[tuple[str, str]], total: int) -> set[str]:
@@ -540,7 +551,8 @@ class SegmentationTask(Task):
         image = volume.image if isinstance(volume, Volume) else volume
         data = self.config.data
         return predict_volume(model, image, data.input_size, data.interpolation,
-                              batch_size=self.config.eval.slice_batch_size, **self.config.eval.inference_options())
+                              batch_size=self.config.eval.slice_batch_size, context_slices=data.context_slices,
+                              **self.config.eval.inference_options())
 
     def case_record(self, model: nn.Module, volume: Volume) -> dict[str, Any]:
         """One case's metrics per computed convention: {"case", "<mode>/dice": [...], "<mode>/hd95": [...]}."""
