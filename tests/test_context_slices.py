@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 import torch
 from accelerate.state import AcceleratorState
+from test_segmentation_task import TINY, synthetic_slice, write_synapse
 from torch import nn
 
 from vit_segmentation.config import SegmentationConfig
-from vit_segmentation.data import NiftiSliceDataset, SynapseSliceDataset, find_nifti_cases, stack_context_slices
+from vit_segmentation.data import (
+    NiftiSliceDataset,
+    SynapseSliceDataset,
+    find_nifti_cases,
+    stack_context_slices,
+)
 from vit_segmentation.task import SegmentationTask, predict_volume
 from vit_training.config import ConfigError, load_config
 from vit_training.loop import fit
-
-from test_segmentation_task import TINY, synthetic_slice, write_synapse
 
 
 def test_stack_context_slices_orders_channels_and_repeats_the_ends() -> None:
