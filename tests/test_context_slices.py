@@ -148,6 +148,8 @@ def test_a_context_run_trains_evaluates_and_predicts(tmp_path: Path) -> None:
 
     segmenter = Segmenter.from_pretrained(tmp_path / "run")
     assert segmenter.preprocessing()["context_slices"] == 1
+    spec = segmenter.graph_spec()  # what export traces: the stacked slices, not one repeated grey channel
+    assert spec.example_inputs[0].shape[1] == 3 and "z-1 .. z+1" in spec.inputs["slices"]
     rng = np.random.default_rng(3)
     volume = np.stack([synthetic_slice(rng, 36, 40)[0] for _ in range(3)])
     assert segmenter.predict(volume).labels.shape == (3, 36, 40)

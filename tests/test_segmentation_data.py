@@ -23,6 +23,7 @@ from vit_segmentation.data import (
     normalize_mr,
     normalize_zscore,
     read_nifti_volume,
+    stack_context_slices,
     write_nifti_labels,
 )
 from vit_segmentation.prepare import DEBIAN_MRICRON_TEMPLATES, prepare_mri_lobes
@@ -461,6 +462,11 @@ def test_prepared_lobes_read_back_by_every_loader(lobes: tuple[Path, dict]) -> N
     z = int(slices.names[0].rsplit("slice", 1)[1])
     np.testing.assert_array_equal(slices[0][0], train_volume.image[z])
     np.testing.assert_array_equal(slices[0][1], train_volume.label[z])
+    # 2.5D: a training slice's neighbours, found by file name, are the volume's neighbouring slices.
+    context = SynapseSliceDataset(root, context_slices=2)
+    middle = len(context) // 2
+    z = int(context.names[middle].rsplit("slice", 1)[1])
+    np.testing.assert_array_equal(context[middle][0], stack_context_slices(train_volume.image[:, None], 2)[z])
 
 
 @needs_templates

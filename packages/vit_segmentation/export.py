@@ -44,7 +44,8 @@ def graph_spec(model: nn.Module, config: Any, preprocessing: dict[str, Any]) -> 
     """
     data = config.data
     height, width = (int(side) for side in data.input_size)
-    channels = len(data.channels) if data.channels else 1  # the NIfTI modalities, else one grey channel
+    # The NIfTI modalities (else one grey channel), each with its 2k context slices (data.context_slices).
+    channels = (len(data.channels) if data.channels else 1) * (2 * data.context_slices + 1)
     return GraphSpec(
         module=SegmenterGraph(cpu_fp32_copy(model)).eval(),
         example_inputs=(torch.rand(2, channels, height, width),),
@@ -54,7 +55,9 @@ def graph_spec(model: nn.Module, config: Any, preprocessing: dict[str, Any]) -> 
         # computes its sizes in ops a saved .pt2 cannot hold symbolically.
         dynamic={"slices": {0: DynamicDim("batch", 1, 1, 4096)}},
         inputs={"slices": f"float32 (batch, {channels}, height, width): slices normalised to [0, 1] "
-                          f"(modality), resized to input_size {height} x {width}"},
+                          f"(modality), resized to input_size {height} x {width}"
+                          + (f"; each channel's slices z-{data.context_slices} .. z+{data.context_slices} in turn"
+                             if data.context_slices else "")},
         outputs={"logits": "float32 (batch, classes, height, width)",
                  "labels": "int64 (batch, height, width): class index per pixel, 0 = background"},
         preprocessing=preprocessing,
