@@ -33,6 +33,10 @@ def test_stack_context_slices_orders_channels_and_repeats_the_ends() -> None:
     expected = [[0, 0, 1, 10, 10, 11], [0, 1, 2, 10, 11, 12], [1, 2, 3, 11, 12, 13], [2, 3, 3, 12, 13, 13]]
     np.testing.assert_array_equal(stacked[:, :, 0, 0], expected)
     assert stack_context_slices(volume, 0) is volume
+    # A batch of the volume (at=) is those rows of the whole stack, ends included.
+    np.testing.assert_array_equal(stack_context_slices(volume, 1, at=range(2, 4)), stacked[2:4])
+    np.testing.assert_array_equal(stack_context_slices(volume, 1, at=[0]), stacked[:1])
+    np.testing.assert_array_equal(stack_context_slices(volume, 0, at=[3]), volume[3:])
     two = stack_context_slices(volume[:1, :1], 2)  # one slice: every neighbour is itself
     assert two.shape == (1, 5, 3, 5) and np.all(two == 0)
 
@@ -67,6 +71,7 @@ def test_synapse_slices_read_their_neighbours_by_name(tmp_path: Path) -> None:
         SynapseSliceDataset(tmp_path, list_file="bad.txt", num_classes=2, context_slices=1)
     np.savez(tmp_path / "train_npz" / "case0001_slice006.npz", image=np.zeros((5, 8), np.float32),
              label=np.zeros((5, 8), np.float32))
+    dataset = SynapseSliceDataset(tmp_path, num_classes=2, context_slices=2)  # the folder is listed once, here
     with pytest.raises(ValueError, match=r"case0001_slice006.npz: shape \(5, 8\), but its neighbour"):
         dataset.read(1)
 

@@ -427,26 +427,29 @@ def _missing_files(paths: Sequence[Path], what: str, list_path: Path) -> None:
         raise FileNotFoundError(f"{missing[0]}: {what} named in {list_path} not found{more}")
 
 
-def stack_context_slices(volume: np.ndarray, context_slices: int) -> np.ndarray:
-    """2.5D input: every slice with its `context_slices` neighbours on each side as channels.
+def stack_context_slices(volume: np.ndarray, context_slices: int, at: Sequence[int] | None = None) -> np.ndarray:
+    """2.5D input: slices with their `context_slices` neighbours on each side as channels.
 
     Args:
         volume: (S, C, H, W) slices of C channels.
         context_slices: k >= 0; slices beyond either end repeat the first / last slice.
+        at: the slice indices to return (default all S): a batch of a volume, or one training slice,
+            without stacking the rest.
 
     Returns:
-        (S, C * (2k + 1), H, W), channel-major: channel c of slice z holds input channels
-        ``c * (2k + 1) .. c * (2k + 1) + 2k`` = slices z-k .. z+k. k = 0 returns `volume` itself.
+        (len(at), C * (2k + 1), H, W), channel-major: channel c of slice z holds input channels
+        ``c * (2k + 1) .. c * (2k + 1) + 2k`` = slices z-k .. z+k. k = 0 returns ``volume[at]``
+        (`volume` itself when `at` is None).
     """
+    positions = np.arange(volume.shape[0]) if at is None else np.asarray(at, dtype=np.int64)
     if context_slices == 0:
-        return volume
+        return volume if at is None else volume[positions]
     if volume.ndim != 4:
         raise ValueError(f"expected slices (S, C, H, W), got shape {volume.shape}")
-    count = volume.shape[0]
     offsets = np.arange(-context_slices, context_slices + 1)
-    neighbours = np.clip(np.arange(count)[:, None] + offsets[None, :], 0, count - 1)  # (S, 2k + 1)
-    stacked = volume[neighbours]  # (S, 2k + 1, C, H, W)
-    return np.ascontiguousarray(stacked.transpose(0, 2, 1, 3, 4).reshape(count, -1, *volume.shape[2:]))
+    neighbours = np.clip(positions[:, None] + offsets[None, :], 0, volume.shape[0] - 1)  # (N, 2k + 1)
+    stacked = volume[neighbours]  # (N, 2k + 1, C, H, W)
+    return np.ascontiguousarray(stacked.transpose(0, 2, 1, 3, 4).reshape(len(positions), -1, *volume.shape[2:]))
 
 
 _SLICE_NAME = re.compile(r"^(?P<case>.+)_slice(?P<index>\d+)$")
@@ -488,27 +491,30 @@ class SynapseSliceDataset(Dataset):
         self.names: list[str] = read_list(list_path)
         self.paths: list[Path] = [self.root / "train_npz" / f"{name}.npz" for name in self.names]
         _missing_files(self.paths, "slice", list_path)
+        # Each listed slice's context files, resolved once from one listing of train_npz/ (keyed by
+        # name, so it stays valid when bad slices are dropped from names / paths afterwards).
+        self._context_paths: dict[str, list[Path]] = {}
         if self.context_slices:
             bad = [name for name in self.names if not _SLICE_NAME.match(name)]
             if bad:
                 raise ValueError(f"{list_path}: slice name {bad[0]!r} does not end in _slice<number>; "
                                  "data.context_slices finds a slice's neighbours by that number")
+            stored = {path.stem for path in (self.root / "train_npz").glob("*.npz")}
+            self._context_paths = {name: self._neighbour_paths(name, stored) for name in self.names}
 
-    def _neighbour_paths(self, index: int) -> list[Path]:
-        """The files of slice `index`'s context, z-k .. z+k (a missing one -> the nearest towards z)."""
-        match = _SLICE_NAME.match(self.names[index])
-        assert match is not None  # checked in __init__
+    def _neighbour_paths(self, name: str, stored: set[str]) -> list[Path]:
+        """The files of slice `name`'s context, z-k .. z+k, among the `stored` slice names (a missing
+        one -> the nearest towards z, ending at the slice itself)."""
+        match = _SLICE_NAME.match(name)
+        assert match is not None  # checked by the caller
         case, digits = match["case"], match["index"]
         centre = int(digits)
         paths = []
         for offset in range(-self.context_slices, self.context_slices + 1):
             step = -1 if offset > 0 else 1
-            while offset != 0:
-                path = self.root / "train_npz" / f"{case}_slice{centre + offset:0{len(digits)}d}.npz"
-                if centre + offset >= 0 and path.is_file():
-                    break
+            while offset != 0 and f"{case}_slice{centre + offset:0{len(digits)}d}" not in stored:
                 offset += step
-            paths.append(self.paths[index] if offset == 0 else path)
+            paths.append(self.root / "train_npz" / f"{case}_slice{centre + offset:0{len(digits)}d}.npz")
         return paths
 
     def __len__(self) -> int:
@@ -521,7 +527,7 @@ class SynapseSliceDataset(Dataset):
         if not self.context_slices:
             return image, label
         images = []
-        for path in self._neighbour_paths(index):
+        for path in self._context_paths[self.names[index]]:
             neighbour = image if path == self.paths[index] else self._read_file(path)[0]
             if neighbour.shape != image.shape:
                 raise ValueError(f"{path}: shape {neighbour.shape}, but its neighbour {self.paths[index]} is "
@@ -1276,9 +1282,7 @@ class NiftiSliceDataset(Dataset):
         assert volume.label is not None
         if self.context_slices:
             slices = volume.image if volume.image.ndim == 4 else volume.image[:, None]  # (S, C, H, W)
-            neighbours = np.clip(np.arange(z - self.context_slices, z + self.context_slices + 1), 0, len(slices) - 1)
-            # (2k + 1, C, H, W) -> (C * (2k + 1), H, W), channel-major as stack_context_slices orders them.
-            image = np.ascontiguousarray(slices[neighbours].transpose(1, 0, 2, 3).reshape(-1, *slices.shape[2:]))
+            image = stack_context_slices(slices, self.context_slices, at=[z])[0]
         else:
             image = volume.image[z].copy()
         label = volume.label[z].copy()

@@ -311,7 +311,6 @@ def predict_volume(
     volume = volume[:, None] if volume.ndim == 3 else volume  # (S, C_in, H, W)
     if volume.shape[0] == 0:
         raise ValueError(f"the volume has no slices (shape {image.shape})")
-    volume = stack_context_slices(volume, context_slices)  # (S, C_in * (2k + 1), H, W)
     net = extract_model_from_parallel(model, keep_torch_compile=False)
     was_training = net.training
     net.eval()
@@ -324,21 +323,23 @@ def predict_volume(
     output: np.ndarray | None = None
     for start in range(0, num_slices, batch_size):
         stop = min(start + batch_size, num_slices)
+        # The batch's model inputs (B, C_in * (2k + 1), H, W): stacked per batch, not for the whole volume.
+        inputs = stack_context_slices(volume, context_slices, at=range(start, stop))
         if inference == "resize":
             chunk = np.stack([
-                np.stack([resize_image(channel, input_size, interpolation) for channel in volume[index]])
-                for index in range(start, stop)
+                np.stack([resize_image(channel, input_size, interpolation) for channel in slice_inputs])
+                for slice_inputs in inputs
             ])
             images = torch.from_numpy(chunk).to(device)
-            # Without flips: argmax of the logits = argmax of the softmax TransUNet takes first.
             if resize_back == "probabilities":
                 scores = predict_with_flips(probabilities, images, flips)  # (B, C, h, w) softmax
                 # Bilinear with pixel centres (align_corners=False): OpenCV's geometry of resize_image.
                 scores = F.interpolate(scores, size=(height, width), mode="bilinear", align_corners=False)
             else:
+                # Without flips: argmax of the logits = argmax of the softmax TransUNet takes first.
                 scores = net(images) if flips == [()] else predict_with_flips(probabilities, images, flips)
         else:
-            images = torch.from_numpy(np.ascontiguousarray(volume[start:stop])).to(device)
+            images = torch.from_numpy(np.ascontiguousarray(inputs)).to(device)
 
             def windows(batch: torch.Tensor) -> torch.Tensor:
                 return sliding_window_predict(probabilities, batch, input_size, window_overlap, window_batch_size)
