@@ -20,6 +20,7 @@ from vit_segmentation.data import (
     stack_context_slices,
 )
 from vit_segmentation.task import SegmentationTask, predict_volume
+from vit_segmentation.transforms import GroupGamma
 from vit_training.config import ConfigError, load_config
 from vit_training.loop import fit
 
@@ -124,8 +125,12 @@ def test_predict_volume_gives_the_model_the_same_stack() -> None:
 def test_in_chans_follows_the_context_and_contradictions_are_named(tmp_path: Path) -> None:
     root = write_synapse(tmp_path / "data", train_slices=4, test_cases=1)
     config = load_config(SegmentationConfig, None, [*TINY, f"data.root={root}", "data.context_slices=1",
-                                                    "model.backbone.in_chans=null"])
-    assert SegmentationTask(config).config.model.backbone.in_chans == 3
+                                                    "model.backbone.in_chans=null", "augment.gamma_prob=0.3"])
+    task = SegmentationTask(config)
+    assert task.config.model.backbone.in_chans == 3
+    # The gamma augmentation draws once per modality: its 2k + 1 neighbouring slices share the curve.
+    gamma = [step for step in task.train_transform().pipeline.transforms if isinstance(step, GroupGamma)]
+    assert len(gamma) == 1 and gamma[0].group_size == 3 and gamma[0].p == 0.3
     bad = load_config(SegmentationConfig, None, [*TINY, f"data.root={root}", "data.context_slices=2",
                                                  "model.backbone.in_chans=1"])
     with pytest.raises(ConfigError, match=r"in_chans=1, but the slices have 1 channel and data.context_slices=2 "

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from test_weights import randomize_, to_jax_npz
 
 from vit_backbone import BackboneConfig, create_vit
-from vit_segmentation.config import ModelConfig
+from vit_segmentation.config import AugmentConfig, ModelConfig
 from vit_segmentation.losses import CeDiceLoss, DiceLoss
 from vit_segmentation.model import TransUNet, build_transunet
 from vit_segmentation.transforms import (
+    GroupGamma,
     build_eval_transform,
     build_train_transform,
     resize_image,
@@ -258,6 +259,44 @@ def test_elastic_deformation_moves_image_and_labels_together() -> None:
     torch.testing.assert_close(again[1], out_labels)  # seeded like every other step
     with pytest.raises(ValueError, match="elastic_prob=1.5 is not a probability"):
         build_train_transform((32, 32), elastic_prob=1.5)
+
+
+def test_gamma_bends_each_channel_group_inside_its_range() -> None:
+    rng = np.random.default_rng(0)
+    # Two modalities with two 2.5D neighbours on each side: channels 0-4 and 5-9, different ranges.
+    image = np.concatenate([rng.random((5, 24, 30), dtype=np.float32),
+                            rng.normal(size=(5, 24, 30)).astype(np.float32) * 3 - 1])
+    labels = np.zeros((24, 30), dtype=np.int64)
+    transform = build_train_transform((24, 30), rot_flip_prob=0.0, rotate_prob=0.0, gamma_prob=1.0,
+                                      gamma_range=(0.5, 2.0), channel_group=5, interpolation="bilinear")
+    transform.set_seed(7)
+    out, out_labels = transform(image, labels)
+    out = out.numpy()
+    assert out.shape == image.shape and torch.equal(out_labels, torch.zeros(24, 30, dtype=torch.int64))
+    gammas = []
+    for group in (slice(0, 5), slice(5, 10)):
+        low, high = image[group].min(), image[group].max()
+        np.testing.assert_allclose([out[group].min(), out[group].max()], [low, high], rtol=1e-5, atol=1e-5)
+        # One gamma per group: recover it from every pixel of the group and check they agree.
+        scaled_in = ((image[group] - low) / (high - low)).ravel()
+        scaled_out = ((out[group] - low) / (high - low)).ravel()
+        inside = (scaled_in > 0.05) & (scaled_in < 0.95)
+        per_pixel = np.log(np.clip(scaled_out[inside], 1e-6, None)) / np.log(scaled_in[inside])
+        assert per_pixel.std() < 1e-3  # the neighbouring slices share one curve
+        gammas.append(float(np.median(per_pixel)))
+        assert 0.5 <= gammas[-1] <= 2.0
+    assert abs(gammas[0] - gammas[1]) > 1e-3  # the modalities draw their own
+    transform.set_seed(7)
+    torch.testing.assert_close(transform(image, labels)[0].numpy(), out)  # seeded like every other step
+    constant = np.full((1, 8, 8), 0.3, dtype=np.float32)
+    assert np.array_equal(GroupGamma((0.5, 2.0), p=1.0).apply(constant[0], gammas=[2.0]), constant[0])
+    with pytest.raises(ValueError, match="not a multiple of the gamma group size 3"):
+        build_train_transform((24, 30), rot_flip_prob=0.0, rotate_prob=0.0, gamma_prob=1.0,
+                              channel_group=3)(image, labels)
+    with pytest.raises(ValueError, match="gamma_range"):
+        AugmentConfig(gamma_range=(1.2, 0.8))
+    with pytest.raises(ValueError, match="gamma_prob=2"):
+        AugmentConfig(gamma_prob=2.0)
 
 
 def test_same_seed_same_sample_and_eval_is_resize_only() -> None:

@@ -240,6 +240,9 @@ class AugmentConfig:
         elastic_prob: probability of an elastic deformation of the slice and its labels (0 = off).
         elastic_alpha: its displacement scale, px per unit of the smoothed N(0, 1) noise.
         elastic_sigma: the Gaussian smoothing of the displacements, px (larger = smoother).
+        gamma_prob: probability of a gamma curve on the intensities (nnU-Net's: 0.3); 0 = off.
+            Each modality's range is kept; its 2.5D neighbours share the draw.
+        gamma_range: (low, high) of the uniform gamma draw (nnU-Net's: [0.7, 1.5]).
     """
 
     rot_flip_prob: float = 0.5
@@ -251,12 +254,16 @@ class AugmentConfig:
     elastic_prob: float = 0.0
     elastic_alpha: float = 50.0
     elastic_sigma: float = 5.0
+    gamma_prob: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
 
     def __post_init__(self) -> None:
         check_choices(self)
         _check(self.elastic_alpha > 0 and self.elastic_sigma > 0,
                f"elastic_alpha={self.elastic_alpha} and elastic_sigma={self.elastic_sigma} must be > 0")
-        for name in ("rot_flip_prob", "rotate_prob", "elastic_prob"):
+        _check(len(self.gamma_range) == 2 and 0 < self.gamma_range[0] <= self.gamma_range[1],
+               f"gamma_range={list(self.gamma_range)} must be [low, high] with 0 < low <= high")
+        for name in ("rot_flip_prob", "rotate_prob", "elastic_prob", "gamma_prob"):
             value = getattr(self, name)
             _check(0 <= value <= 1, f"{name}={value} must lie in [0, 1]")
         _check(0 <= self.rotate_limit <= 180, f"rotate_limit={self.rotate_limit} must lie in [0, 180]")

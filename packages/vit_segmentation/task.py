@@ -396,6 +396,8 @@ class SegmentationTask(Task):
             flip_axis=augment.flip_axis, rotate_prob=augment.rotate_prob, rotate_limit=augment.rotate_limit,
             scale=tuple(augment.scale), interpolation=data.interpolation, elastic_prob=augment.elastic_prob,
             elastic_alpha=augment.elastic_alpha, elastic_sigma=augment.elastic_sigma,
+            gamma_prob=augment.gamma_prob, gamma_range=tuple(augment.gamma_range),
+            channel_group=2 * data.context_slices + 1,
         )
 
     def eval_transform(self) -> SliceTransform:

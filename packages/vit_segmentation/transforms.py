@@ -6,6 +6,8 @@ A slice is a float32 (H, W) image, or (C, H, W) with C channels (modalities), al
 int64 (h, w) at the training size (h, w). Every channel goes through the same geometric steps.
 
 Training (`build_train_transform`, TransUNet's `RandomGenerator` plus an optional zoom):
+    with p=gamma_prob:    gamma curve with gamma ~ U(gamma_range) (nnU-Net's intensity augmentation),
+                          one draw per group of channels, each group's [min, max] kept; off by default
     with p=rot_flip_prob: rot90 by k in {0, 1, 2, 3} (optional), then a flip (of a random axis,
                           TransUNet's, or of a chosen one)
     with p=rotate_prob:   rotation by U(-limit, limit) degrees and zoom by U(scale) (image bilinear,
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # a library import must not reach the network
 
@@ -39,6 +41,7 @@ import torch  # noqa: E402
 from vit_training.seeding import SampleRandomState  # noqa: E402
 
 __all__ = [
+    "GroupGamma",
     "SliceTransform",
     "build_eval_transform",
     "build_train_transform",
@@ -159,6 +162,55 @@ class SliceTransform:
         return f"SliceTransform(size={self.size}, pipeline={self.pipeline!r})"
 
 
+class GroupGamma(A.ImageOnlyTransform):
+    """A gamma curve on the image's intensities, one gamma per group of channels, range kept.
+
+    Each group of `group_size` consecutive channels (one modality with its 2.5D neighbours, which
+    `data.stack_context_slices` places next to each other) is mapped to [0, 1] by its own min and
+    max, raised to ``gamma ~ U(gamma_range)`` and mapped back, as nnU-Net's gamma augmentation does per
+    channel: intensities are bent (gamma < 1 brightens the dark end) but never leave the group's
+    range, so a CT window or an MR z-score stays as it was normalised. A constant group is unchanged.
+    Neighbouring slices of one modality share the draw, so the 2.5D stack stays consistent.
+
+    Args:
+        gamma_range: (low, high) of the uniform gamma draw, 0 < low <= high.
+        group_size: channels per draw; the image's channel count must be a multiple of it.
+        p: probability of applying it to a sample.
+    """
+
+    def __init__(self, gamma_range: tuple[float, float] = (0.7, 1.5), group_size: int = 1, p: float = 0.3) -> None:
+        super().__init__(p=p)
+        low, high = float(gamma_range[0]), float(gamma_range[1])
+        if not 0 < low <= high:
+            raise ValueError(f"gamma_range={[low, high]} must satisfy 0 < low <= high")
+        if group_size < 1:
+            raise ValueError(f"group_size={group_size} must be >= 1")
+        self.gamma_range = (low, high)
+        self.group_size = int(group_size)
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        image = data["image"]
+        channels = 1 if image.ndim == 2 else image.shape[-1]
+        if channels % self.group_size:
+            raise ValueError(f"the image has {channels} channels, not a multiple of the gamma group size {self.group_size}")
+        return {"gammas": [self.py_random.uniform(*self.gamma_range) for _ in range(channels // self.group_size)]}
+
+    def apply(self, img: np.ndarray, gammas: Sequence[float] = (), **params: Any) -> np.ndarray:
+        """img float (H, W) or (H, W, C) -> the same shape and dtype with each group's gamma applied."""
+        out = np.array(img, dtype=np.float32, copy=True)
+        view = out[..., None] if out.ndim == 2 else out
+        for group, gamma in enumerate(gammas):
+            channels = view[..., group * self.group_size:(group + 1) * self.group_size]
+            low, high = float(channels.min()), float(channels.max())
+            if high > low:
+                scaled = (channels - low) / (high - low)
+                channels[...] = np.power(scaled, gamma) * (high - low) + low
+        return out
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("gamma_range", "group_size")
+
+
 def _resize(size: tuple[int, int], interpolation: Interpolation) -> A.Resize:
     return A.Resize(height=size[0], width=size[1], interpolation=_cv2_interpolation(interpolation),
                     mask_interpolation=cv2.INTER_NEAREST_EXACT)
@@ -177,6 +229,9 @@ def build_train_transform(
     elastic_prob: float = 0.0,
     elastic_alpha: float = 50.0,
     elastic_sigma: float = 5.0,
+    gamma_prob: float = 0.0,
+    gamma_range: tuple[float, float] = (0.7, 1.5),
+    channel_group: int = 1,
 ) -> SliceTransform:
     """TransUNet's training augmentation (rot90 + flip, small rotation) with optional zoom, then resize.
 
@@ -197,17 +252,24 @@ def build_train_transform(
             before the resize); 0 = never.
         elastic_alpha: its displacement scale (px per unit of the smoothed noise).
         elastic_sigma: the Gaussian smoothing of the displacement field, px (larger: smoother).
+        gamma_prob: probability of the gamma curve (`GroupGamma`); 0 = never.
+        gamma_range: its (low, high) gamma.
+        channel_group: channels that share one gamma draw (2k + 1 for 2.5D input with k neighbours
+            on each side: a modality's neighbouring slices get the same curve).
 
     Returns:
         (float (H, W), int (H, W)) -> (float32 (1, h, w), int64 (h, w)).
     """
     size = _size_hw(input_size)
-    for name, value in (("rot_flip_prob", rot_flip_prob), ("rotate_prob", rotate_prob), ("elastic_prob", elastic_prob)):
+    for name, value in (("rot_flip_prob", rot_flip_prob), ("rotate_prob", rotate_prob), ("elastic_prob", elastic_prob),
+                        ("gamma_prob", gamma_prob)):
         if not 0 <= value <= 1:
             raise ValueError(f"{name}={value} is not a probability")
     if not 0 < scale[0] <= scale[1]:
         raise ValueError(f"scale={tuple(scale)} must satisfy 0 < low <= high")
     steps: list[A.BasicTransform | A.BaseCompose] = []
+    if gamma_prob > 0:  # first: each group's range is the stored slice's, before zero-filled borders
+        steps.append(GroupGamma(tuple(gamma_range), group_size=channel_group, p=gamma_prob))
     if rot_flip_prob > 0:
         orient: list[A.BasicTransform | A.BaseCompose] = [A.RandomRotate90(p=1.0)] if rot90 else []
         if flip_axis == "random":
