@@ -41,16 +41,13 @@ class FakeClock:
 
 class TimedToyTask(ToyTask):
     """The toy task on a fake clock: each training batch costs `step_s` (`slow_step_s` after `slow_after`
-    batches), each evaluation batch `eval_batch_s`, the first evaluation `first_eval_s` more;
-    `interrupt_at` raises at that training batch."""
+    batches), each evaluation batch `eval_batch_s`; `interrupt_at` raises at that training batch."""
 
     def __init__(self, config: ToyConfig, clock: FakeClock, step_s: float = 1.0, eval_batch_s: float = 0.5,
-                 slow_after: int | None = None, slow_step_s: float = 3.0, interrupt_at: int | None = None,
-                 first_eval_s: float = 0.0) -> None:
+                 slow_after: int | None = None, slow_step_s: float = 3.0, interrupt_at: int | None = None) -> None:
         super().__init__(config)
         self.clock, self.step_s, self.eval_batch_s = clock, step_s, eval_batch_s
         self.slow_after, self.slow_step_s, self.interrupt_at = slow_after, slow_step_s, interrupt_at
-        self.first_eval_s, self.evaluations = first_eval_s, 0
 
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         if self.calls == self.interrupt_at:
@@ -61,10 +58,6 @@ class TimedToyTask(ToyTask):
 
     def evaluate(self, model: torch.nn.Module, loader: Iterable, accelerator: Any, output_dir: Path
                  ) -> dict[str, float]:
-        if self.evaluations == 0:
-            self.clock.now += self.first_eval_s  # one-time costs of a first evaluation
-        self.evaluations += 1
-
         def ticking() -> Iterator[Any]:
             for batch in loader:
                 self.clock.now += self.eval_batch_s
@@ -129,31 +122,16 @@ def test_time_budget_plans_from_the_first_steps_and_sets_the_schedule(tmp_path: 
                         "train.num_evals=2", "schedule.min_lr_ratio=0.1")
     result = fit(TimedToyTask(config, clock), config, clock=clock)
     plan = json.loads((tmp_path / PLAN_FILE).read_text())
-    # probe: 2 untimed + 4 timed steps of 1 s (6 s), evaluation of 2 batches (16 of 37 samples) untimed
-    # then timed, 1 s each
+    # probe: 2 untimed + 4 timed steps of 1 s (6 s), evaluation of 2 batches (16 of 37 samples) in 1 s
     assert plan["step_s"] == pytest.approx(1.0) and plan["eval_s"] == pytest.approx(37 / 16)
-    assert plan["planned_at_step"] == 6 and plan["planned_at_s"] == pytest.approx(8.0)
-    assert plan["total_steps"] == 47  # (54 - 8 - 2 x 37/16) s of 1-s steps after the 6 done
+    assert plan["planned_at_step"] == 6 and plan["planned_at_s"] == pytest.approx(7.0)
+    assert plan["total_steps"] == 48  # (54 - 7 - 2 x 37/16) s of 1-s steps after the 6 done
     train = records(tmp_path, "train")
-    assert train[-1]["step"] == 47 and train[-1]["lr"] == pytest.approx(0.1 * config.optim.lr)
-    assert [r["step"] for r in records(tmp_path, "eval")] == [24, 47]
+    assert train[-1]["step"] == 48 and train[-1]["lr"] == pytest.approx(0.1 * config.optim.lr)
+    assert [r["step"] for r in records(tmp_path, "eval")] == [24, 48]
     assert clock.now < 60 and result.metrics["samples"] == 37
     assert trainer_state(tmp_path)["plan"] == plan
     assert not (tmp_path / "budget_probe").exists()
-
-
-def test_the_evaluation_probe_leaves_out_first_call_costs(tmp_path: Path) -> None:
-    clock = FakeClock()
-    config = toy_config(tmp_path, "train.time_budget_min=1", "train.budget_safety=0.9", "train.budget_probe_steps=4",
-                        "train.num_evals=2")
-    # The run's first evaluation costs 10 s more (kernel selection, imports): the untimed warm-up pass pays
-    # them; timed, they would have counted twice more in the plan (once per evaluation) and cost 20 steps.
-    fit(TimedToyTask(config, clock, first_eval_s=10.0), config, clock=clock)
-    plan = json.loads((tmp_path / PLAN_FILE).read_text())
-    assert plan["eval_s"] == pytest.approx(37 / 16)  # the steady cost, scaled from 2 of 5 batches
-    assert plan["planned_at_s"] == pytest.approx(18.0)  # 6 steps + 11 s warm-up + 1 s timed
-    assert plan["total_steps"] == 37  # (54 - 18 - 2 x 37/16) s of 1-s steps after the 6 done
-    assert records(tmp_path, "train")[-1]["step"] == 37 and clock.now < 60
 
 
 def test_time_budget_stops_hard_then_evaluates_and_exports(tmp_path: Path) -> None:
@@ -163,8 +141,8 @@ def test_time_budget_stops_hard_then_evaluates_and_exports(tmp_path: Path) -> No
     # steps become 3x slower once the plan is made: the plan overruns and the clock must stop the run
     fit(TimedToyTask(config, clock, slow_after=6), config, clock=clock)
     plan = json.loads((tmp_path / PLAN_FILE).read_text())
-    assert plan["total_steps"] == 49
-    stop = 6 + 18  # 8 s + 18 steps of 3 s = 62 s >= 60 s
+    assert plan["total_steps"] == 50
+    stop = 6 + 18  # 7 s + 18 steps of 3 s = 61 s >= 60 s
     assert records(tmp_path, "train")[-1]["step"] == stop
     assert [r["step"] for r in records(tmp_path, "eval")] == [stop]
     assert trainer_state(tmp_path)["global_step"] == stop
@@ -192,8 +170,8 @@ def test_resume_inside_a_budgeted_run_keeps_the_plan_and_ends_at_the_same_step(t
 
     reference_plan = json.loads((reference_dir / PLAN_FILE).read_text())
     assert trainer_state(run_dir)["plan"] == reference_plan
-    assert records(run_dir, "train")[-1]["step"] == reference_plan["total_steps"] == 47
-    assert [r["step"] for r in records(run_dir, "eval")] == [24, 47]
+    assert records(run_dir, "train")[-1]["step"] == reference_plan["total_steps"] == 48
+    assert [r["step"] for r in records(run_dir, "eval")] == [24, 48]
     expected = load_file(str(reference_dir / "model.safetensors"))
     for name, tensor in load_file(str(run_dir / "model.safetensors")).items():
         assert torch.equal(tensor, expected[name]), name
@@ -208,10 +186,10 @@ def test_budget_plan_shortens_a_longer_warmup_and_warns_of_the_ema_with_the_plan
                         "train.ema_decay=0.99", "train.ema_warmup=false")
     with caplog.at_level("INFO", logger="vit_training"):
         fit(TimedToyTask(config, clock), config, clock=clock)
-    assert json.loads((tmp_path / PLAN_FILE).read_text())["total_steps"] == 47
-    assert ("schedule.warmup_steps=100 is not shorter than the run (47 optimizer steps): warm-up shortened to 4 steps"
+    assert json.loads((tmp_path / PLAN_FILE).read_text())["total_steps"] == 48
+    assert ("schedule.warmup_steps=100 is not shorter than the run (48 optimizer steps): warm-up shortened to 4 steps"
             in caplog.text)
-    assert "EMA: train.ema_decay=0.99 over 47 optimizer steps leaves 62.4% of the random initial weights" in caplog.text
+    assert "EMA: train.ema_decay=0.99 over 48 optimizer steps leaves 61.7% of the random initial weights" in caplog.text
     train = records(tmp_path, "train")
-    assert train[-1]["step"] == 47 and train[-1]["lr"] == pytest.approx(0.1 * config.optim.lr)  # the decay ran its course
+    assert train[-1]["step"] == 48 and train[-1]["lr"] == pytest.approx(0.1 * config.optim.lr)  # the decay ran its course
     assert (tmp_path / "model.safetensors").is_file()

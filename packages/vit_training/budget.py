@@ -6,8 +6,8 @@ not a number of steps. `fit` therefore plans a budgeted run in one place, here:
   1. it trains the run's own first optimizer steps: `PROBE_WARMUP_STEPS` untimed ones
      (first-touch allocations, kernel selection), then `train.budget_probe_steps` timed ones
      (their mean is the step time: the run's training time is steps x mean);
-  2. it evaluates the model on a few batches of the evaluation set, once untimed (first-call
-     costs) and once timed, and scales that time to the whole set (the evaluation cost);
+  2. it evaluates the model on a few batches of the evaluation set and scales that time to the
+     whole set (the evaluation cost);
   3. `plan_budget` gives the most optimizer steps whose training plus the evaluations they
      bring fill `train.budget_safety` of the budget, less the time already spent;
   4. the schedule's horizon is set to the planned steps (`schedule.set_horizon`), and the loop

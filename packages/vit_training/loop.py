@@ -386,19 +386,14 @@ def _time_evaluation(task: Task, model: nn.Module, eval_set: Dataset, train: Tra
     """Seconds one evaluation of the whole `eval_set` should take: `PROBE_EVAL_BATCHES` batches timed, scaled.
 
     The task evaluates the first items of the set as it evaluates them all (its own `evaluate`,
-    post-processing and metric included) into a scratch folder that is removed afterwards: once
-    untimed, then once timed. The first pass pays what only the run's first evaluation pays (kernel
-    selection for the evaluation's batch shapes, lazy imports, creating output files); timed, it
-    made a 3-second evaluation of the MRI-lobe recipe look like 15-22 s, and the plan left minutes
-    of its budget unused. Fixed costs of every evaluation are scaled with the rest, which errs on
-    the safe side.
+    post-processing and metric included) into a scratch folder that is removed afterwards. Fixed
+    costs of an evaluation are scaled with the rest, which errs on the safe side.
     """
     batch_size = _eval_batch_size(task, train)
     items = min(len(eval_set), PROBE_EVAL_BATCHES * batch_size * accelerator.num_processes)
     loader = accelerator.prepare(DataLoader(Subset(eval_set, range(items)), batch_size=batch_size, shuffle=False,
                                             num_workers=train.num_workers, collate_fn=task.collate_fn(False)))
     scratch = output_dir / "budget_probe"
-    _evaluate(task, model, loader, accelerator, scratch)  # warm-up, untimed
     start = clock()
     _evaluate(task, model, loader, accelerator, scratch)
     seconds = _slowest(accelerator, clock() - start) * len(eval_set) / max(items, 1)
