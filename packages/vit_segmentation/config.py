@@ -179,6 +179,16 @@ class DataConfig:
     skip_empty_slices: bool = False
     on_bad_sample: OnBadSample = "error"
 
+    @property
+    def slices_per_channel(self) -> int:
+        """Input channels each modality becomes: its slice and `context_slices` neighbours on each side (2k + 1)."""
+        return 2 * self.context_slices + 1
+
+    @property
+    def input_channels(self) -> int:
+        """The model's input channels: the modalities (one without `channels`) x `slices_per_channel`."""
+        return (len(self.channels) if self.channels else 1) * self.slices_per_channel
+
     def __post_init__(self) -> None:
         check_choices(self)
         _check(

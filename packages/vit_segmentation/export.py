@@ -44,8 +44,7 @@ def graph_spec(model: nn.Module, config: Any, preprocessing: dict[str, Any]) -> 
     """
     data = config.data
     height, width = (int(side) for side in data.input_size)
-    # The NIfTI modalities (else one grey channel), each with its 2k context slices (data.context_slices).
-    channels = (len(data.channels) if data.channels else 1) * (2 * data.context_slices + 1)
+    channels = data.input_channels  # the modalities (else one grey channel), each with its 2k + 1 slices
     return GraphSpec(
         module=SegmenterGraph(cpu_fp32_copy(model)).eval(),
         example_inputs=(torch.rand(2, channels, height, width),),

@@ -138,7 +138,7 @@ def _apply_dataset_json(config: SegmentationConfig) -> SegmentationConfig:
     if data.normalization is not None and len(data.normalization) not in (1, count):
         raise ConfigError(f"data.normalization={list(data.normalization)} must have one entry or one per channel "
                           f"({count}: {list(data.channels or [])})")
-    inputs = count * (2 * data.context_slices + 1)  # model input channels: each channel's 2k + 1 slices
+    inputs = data.input_channels  # each channel's 2k + 1 slices
     if inputs > 1:
         in_chans = model.backbone.in_chans
         if in_chans is None:
@@ -397,7 +397,7 @@ class SegmentationTask(Task):
             scale=tuple(augment.scale), interpolation=data.interpolation, elastic_prob=augment.elastic_prob,
             elastic_alpha=augment.elastic_alpha, elastic_sigma=augment.elastic_sigma,
             gamma_prob=augment.gamma_prob, gamma_range=tuple(augment.gamma_range),
-            channel_group=2 * data.context_slices + 1,
+            channel_group=data.slices_per_channel,
         )
 
     def eval_transform(self) -> SliceTransform:
